@@ -1,0 +1,83 @@
+# Hookstream: `make run` and `make test` set everything up from a fresh clone.
+# The caller's environment wins over every default here (HOOKSTREAM_API_KEY=... make run).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := deploy/local/stack.sh
+
+export HOOKSTREAM_PG_PORT ?= 55432
+export HOOKSTREAM_REDIS_PORT ?= 56379
+export HOOKSTREAM_KAFKA_PORT ?= 59092
+export HOOKSTREAM_DATABASE_URL ?= postgresql+asyncpg://hookstream@127.0.0.1:$(HOOKSTREAM_PG_PORT)/hookstream
+export HOOKSTREAM_REDIS_URL ?= redis://127.0.0.1:$(HOOKSTREAM_REDIS_PORT)/0
+export HOOKSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(HOOKSTREAM_KAFKA_PORT)
+export HOOKSTREAM_DISPATCHER_PROCESSES ?= 1
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help venv stack-up stack-down stack-status migrate topics run test test-faults bench lint typecheck clean
+
+help:
+	@echo "make run          set up everything and run Hookstream on 127.0.0.1:8000"
+	@echo "make test         set up everything and run the test suite"
+	@echo "make test-faults  fault-injection scenarios"
+	@echo "make bench        benchmark report (bench/results/)"
+	@echo "make stack-up|stack-down|stack-status   local PostgreSQL, Redis, Kafka"
+	@echo "make migrate | topics | lint | typecheck"
+
+# Reinstall when pyproject.toml changes; pip keeps its downloads in ~/.cache/pip.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+stack-up:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+stack-status:
+	@$(STACK) status
+
+migrate: venv stack-up
+	$(BIN)/alembic upgrade head
+
+topics: venv stack-up
+	$(BIN)/python -m shared.topics
+
+# A dev API key is generated once into .local/ and printed, unless the caller set one.
+run: venv stack-up migrate topics
+	@$(BIN)/python -m services.janitor --once
+	@if [ -z "$$HOOKSTREAM_API_KEY" ]; then \
+	    test -s .local/dev-api-key || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .local/dev-api-key; \
+	    export HOOKSTREAM_API_KEY="$$(cat .local/dev-api-key)"; \
+	    echo "Development API key (from .local/dev-api-key): $$HOOKSTREAM_API_KEY"; \
+	fi; \
+	export HOOKSTREAM_LOG_FORMAT="$${HOOKSTREAM_LOG_FORMAT:-console}"; \
+	echo "Hookstream on http://127.0.0.1:8000  (docs: /docs)  Ctrl-C stops the services."; \
+	exec $(BIN)/honcho start -f Procfile -c dispatcher=$(HOOKSTREAM_DISPATCHER_PROCESSES)
+
+test: venv stack-up
+	$(BIN)/pytest -m "not faults" $(PYTEST_ARGS)
+
+test-faults: venv stack-up
+	$(BIN)/pytest -m faults -s $(PYTEST_ARGS)
+
+bench: venv stack-up migrate topics
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy shared services
+
+clean: stack-down
+	rm -rf .local $(VENV)

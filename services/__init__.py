@@ -1,0 +1,1 @@
+"""The four Hookstream services. No service imports another."""

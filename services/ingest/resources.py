@@ -1,0 +1,47 @@
+"""Everything ingest connects to, built once at start-up and closed in reverse order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db import make_engine, make_sessionmaker
+from shared.kafka import make_producer
+from shared.redis import make_redis
+from shared.settings import Settings
+from shared.topics import Topics
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    settings: Settings
+    topics: Topics
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    producer: AIOKafkaProducer
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    async with AsyncExitStack() as stack:
+        engine = make_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        redis = make_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        producer = make_producer(settings)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        yield Resources(
+            settings=settings,
+            topics=Topics.from_settings(settings),
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            redis=redis,
+            producer=producer,
+        )

@@ -1,0 +1,116 @@
+"""Tables (design §7). Schema changes go through Alembic only (migrations/)."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AttemptStatus(enum.StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILED_ATTEMPT = "FAILED_ATTEMPT"
+    FAILURE = "FAILURE"
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    target_url: Mapped[str] = mapped_column(Text)
+    secret_key: Mapped[str | None] = mapped_column(Text)
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    deactivated_reason: Mapped[str | None] = mapped_column(Text)
+    # Consecutive failed deliveries and when the streak began (auto-deactivation).
+    failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Event(Base):
+    """Range-partitioned by received_at; the janitor drops whole partitions."""
+
+    __tablename__ = "events"
+    __table_args__ = ({"postgresql_partition_by": "RANGE (received_at)"},)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    event_type: Mapped[str] = mapped_column(Text)
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    content_type: Mapped[str] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DeliveryAttempt(Base):
+    """One row per HTTP attempt (the original `webhook_logs`), range-partitioned by created_at.
+
+    No foreign key to subscriptions: deleting a subscription keeps its history readable.
+    """
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (
+        Index("ix_attempts_delivery", "delivery_id", "created_at"),
+        Index("ix_attempts_subscription", "subscription_id", "created_at"),
+        Index("ix_attempts_event", "event_id"),
+        Index("ix_attempts_created_status", "created_at", "status"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    target_url: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(Text)
+    attempt_number: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    error_details: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    # Who caused the attempt series: "ingest", "manual-retry", "replay".
+    trigger: Mapped[str] = mapped_column(String(32), default="ingest", server_default="ingest")
+    first_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# Columns in COPY order for the attempt writer (batched inserts on the hot path).
+ATTEMPT_COLUMNS = (
+    "id",
+    "created_at",
+    "delivery_id",
+    "event_id",
+    "subscription_id",
+    "target_url",
+    "event_type",
+    "attempt_number",
+    "status_code",
+    "status",
+    "error_details",
+    "duration_ms",
+    "response_excerpt",
+    "trigger",
+    "first_received_at",
+)

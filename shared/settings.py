@@ -1,0 +1,119 @@
+"""Hookstream settings: one object, built in each entry point from the environment.
+
+Every field can be set as ``HOOKSTREAM_<NAME>`` (e.g. ``HOOKSTREAM_RETRY_SCHEDULE``).
+Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"10s"``, ``"1m"``, ``"2h"``, ``"1.5"`` (seconds) → timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 10s, 1m, 2h, 1d)")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return timedelta(seconds=value * _UNIT_SECONDS[unit])
+
+
+def format_duration(delay: timedelta) -> str:
+    """The shortest exact name for a delay, used in retry tier topic names: 10s, 1m, 2h."""
+    ms = round(delay.total_seconds() * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+RetrySchedule = Annotated[tuple[timedelta, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOOKSTREAM_", extra="ignore", frozen=True)
+
+    # --- where things are -----------------------------------------------------------
+    database_url: str = "postgresql+asyncpg://hookstream@127.0.0.1:55432/hookstream"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+    kafka_bootstrap: str = "127.0.0.1:59092"
+
+    # --- HTTP (ingest) ---------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = None
+    # Development only: lets ingest start with no API key (management routes then refuse
+    # every request). `make run` generates a key instead, so this is rarely needed.
+    allow_no_api_key: bool = False
+    max_body_bytes: int = Field(262_144, ge=1024)
+    max_url_length: int = Field(2048, ge=64)
+    idempotency_ttl: timedelta = timedelta(hours=24)
+    # 2xx means the broker acked; past this bound ingest answers 503 instead of waiting.
+    publish_timeout: float = Field(5.0, gt=0)
+    subscription_cache_ttl: float = Field(5.0, ge=0)
+
+    # --- topics ----------------------------------------------------------------------
+    topic_prefix: str = Field("hookstream", pattern=r"^[A-Za-z0-9._-]+$")
+    events_partitions: int = Field(8, ge=1)
+    deliveries_partitions: int = Field(8, ge=1)
+    retry_partitions: int = Field(4, ge=1)
+    dlq_partitions: int = Field(1, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # --- delivery --------------------------------------------------------------------
+    retry_schedule: RetrySchedule = tuple(
+        parse_duration(d) for d in ("10s", "1m", "5m", "30m", "2h", "6h", "12h")
+    )
+    # Jitter only lengthens a delay (never early), by up to this fraction.
+    retry_jitter: float = Field(0.2, ge=0, le=1)
+    delivery_timeout: float = Field(10.0, gt=0)
+    allow_private_targets: bool = False
+    max_in_flight: int = Field(512, ge=1)
+    max_in_flight_per_target: int = Field(64, ge=1)
+    response_excerpt_bytes: int = Field(1024, ge=0)
+    dispatcher_processes: int = Field(1, ge=1)
+
+    # --- retention (janitor) ---------------------------------------------------------
+    retention_hours: int = Field(72, ge=1)
+    partition_width: timedelta = timedelta(hours=6)
+    partitions_ahead: int = Field(8, ge=1)
+    janitor_interval: timedelta = timedelta(minutes=5)
+
+    # --- observability ---------------------------------------------------------------
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p for p in value.split(",") if p.strip()]
+            return tuple(parse_duration(p) for p in parts)
+        return value
+
+    @field_validator("idempotency_ttl", "partition_width", "janitor_interval", mode="before")
+    @classmethod
+    def _parse_delta(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> Settings:
+        if any(d.total_seconds() <= 0 for d in self.retry_schedule):
+            raise ValueError("retry_schedule delays must be positive")
+        return self
+
+    @property
+    def max_attempts(self) -> int:
+        """The first attempt plus one per scheduled retry."""
+        return 1 + len(self.retry_schedule)

@@ -1,0 +1,102 @@
+"""Per-session isolation on the shared local stack.
+
+Each pytest session gets its own PostgreSQL database (built by Alembic) and its own topic
+prefix, so concurrent sessions (a developer's and a helper's) never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from shared.settings import Settings
+from shared.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base_settings() -> Settings:
+    return Settings()
+
+
+def admin_dsn(database_url: str, database: str = "postgres") -> str:
+    url = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return url.rsplit("/", 1)[0] + "/" + database
+
+
+async def _create_database(database_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn(database_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(database_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn(database_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def migrate(database_url: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"url={database_url}", "upgrade", "head"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+
+
+class IsolatedStack:
+    """A fresh database and topic namespace on the running local stack."""
+
+    def __init__(self) -> None:
+        base = base_settings()
+        tag = secrets.token_hex(4)
+        self.db_name = f"hstest_{tag}"
+        self.database_url = admin_dsn(base.database_url, self.db_name).replace(
+            "postgresql://", "postgresql+asyncpg://", 1
+        )
+        self.env = {
+            "HOOKSTREAM_DATABASE_URL": self.database_url,
+            "HOOKSTREAM_REDIS_URL": base.redis_url,
+            "HOOKSTREAM_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+            "HOOKSTREAM_TOPIC_PREFIX": f"hstest-{tag}",
+            "HOOKSTREAM_API_KEY": f"test-key-{secrets.token_hex(8)}",
+            "HOOKSTREAM_ALLOW_PRIVATE_TARGETS": "true",
+            "HOOKSTREAM_RETRY_SCHEDULE": "1s,2s,3s",
+            "HOOKSTREAM_EVENTS_PARTITIONS": "4",
+            "HOOKSTREAM_DELIVERIES_PARTITIONS": "4",
+            "HOOKSTREAM_RETRY_PARTITIONS": "2",
+            "HOOKSTREAM_LOG_LEVEL": "INFO",
+        }
+        self._base_url = base.database_url
+
+    def settings(self, **overrides: object) -> Settings:
+        """Settings for this stack, as a service would build them from its environment."""
+        env = {k.removeprefix("HOOKSTREAM_").lower(): v for k, v in self.env.items()}
+        env.update(overrides)
+        return Settings(**env)  # type: ignore[arg-type]
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(extra)
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+    def up(self) -> None:
+        asyncio.run(_create_database(self._base_url, self.db_name))
+        migrate(self.database_url)
+        asyncio.run(ensure_topics(self.settings()))
+
+    def down(self) -> None:
+        asyncio.run(_drop_database(self._base_url, self.db_name))
