@@ -1,0 +1,1 @@
+"""`make bench`: the benchmark report (see bench/__main__.py)."""

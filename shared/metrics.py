@@ -1,0 +1,42 @@
+"""Prometheus metrics: one registry of names for every service.
+
+Ingest serves them on /metrics; each worker serves them on its own small port
+(HOOKSTREAM_METRICS_PORT) via ``serve_metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+INGESTED = Counter(
+    "hookstream_ingested_total",
+    "Webhooks received by ingest, by route and outcome (accepted, filtered, rejected).",
+    ["route", "outcome"],
+)
+PUBLISHED = Counter(
+    "hookstream_published_total", "Records acknowledged by the broker, by topic.", ["topic"]
+)
+DELIVERIES = Counter(
+    "hookstream_deliveries_total",
+    "Delivery attempts by outcome (SUCCESS, FAILED_ATTEMPT, FAILURE).",
+    ["outcome"],
+)
+ATTEMPT_SECONDS = Histogram(
+    "hookstream_attempt_duration_seconds",
+    "Duration of one HTTP delivery attempt.",
+    # Local sinks answer in ~1 ms; real endpoints in 50-500 ms; the timeout is 10 s.
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RETRIES = Counter("hookstream_retries_total", "Jobs sent to a retry tier, by tier.", ["tier"])
+DLQ = Counter("hookstream_dlq_total", "Jobs written to the dead-letter topic.")
+IN_FLIGHT = Gauge("hookstream_in_flight_deliveries", "Deliveries currently in flight.")
+CONSUMER_LAG = Gauge(
+    "hookstream_consumer_lag_records", "Records not yet consumed, by topic.", ["topic"]
+)
+BREAKERS_OPEN = Gauge("hookstream_breakers_open", "Targets whose circuit breaker is open.")
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose the default registry on 127.0.0.1:<port> (a worker's metrics port)."""
+    if port is not None:
+        start_http_server(port, addr="127.0.0.1")
