@@ -17,6 +17,8 @@ export HOOKSTREAM_REDIS_URL ?= redis://127.0.0.1:$(HOOKSTREAM_REDIS_PORT)/0
 export HOOKSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(HOOKSTREAM_KAFKA_PORT)
 export HOOKSTREAM_DISPATCHER_PROCESSES ?= 1
 export PYTHONPATH := $(CURDIR)
+# Procfile commands say `python`: make it the virtualenv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv stack-up stack-down stack-status migrate topics run test test-faults bench lint typecheck clean
 
