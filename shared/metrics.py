@@ -34,6 +34,27 @@ CONSUMER_LAG = Gauge(
     "hookstream_consumer_lag_records", "Records not yet consumed, by topic.", ["topic"]
 )
 BREAKERS_OPEN = Gauge("hookstream_breakers_open", "Targets whose circuit breaker is open.")
+RETRY_REPUBLISHED = Counter(
+    "hookstream_retry_republished_total",
+    "Due retries re-published from a tier topic to the deliveries topic, by tier topic.",
+    ["tier"],
+)
+RETRY_LATENESS = Histogram(
+    "hookstream_retry_lateness_seconds",
+    "How long after its due_at a retry was re-published (never negative by design).",
+    # A timer resumes a partition 5 ms after due_at and the fetch follows at once, so a
+    # healthy scheduler sits in the first buckets; seconds mean it is falling behind.
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+RETRY_PAUSED_PARTITIONS = Gauge(
+    "hookstream_retry_paused_partitions",
+    "Tier partitions paused until their head record is due (or a failed publish backs off).",
+)
+POISON_RECORDS = Counter(
+    "hookstream_poison_records_total",
+    "Records skipped because their headers could not be decoded, by topic.",
+    ["topic"],
+)
 
 
 def serve_metrics(port: int | None) -> None:
