@@ -1,0 +1,115 @@
+"""Delivery statistics over a time window (GET /status/stats).
+
+Everything is computed in SQL over ``delivery_attempts`` rows in the window, found through
+the (created_at, status) index and partition pruning, so the cost is bounded by the window
+(capped at ``MAX_WINDOW``), not by the table. Results are cached for ``CACHE_SECONDS``
+because dashboards poll.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+MAX_WINDOW = timedelta(hours=24)
+CACHE_SECONDS = 5.0
+
+# SUCCESS and FAILURE rows are terminal (one per finished delivery); FAILED_ATTEMPT rows
+# are retries along the way. Latency is ingest → successful delivery (first_received_at
+# travels with the job, created_at is when the attempt row was stamped).
+_TOTALS = text(
+    """
+    SELECT
+        count(*) AS attempts,
+        count(DISTINCT delivery_id) AS deliveries,
+        count(*) FILTER (WHERE status = 'SUCCESS') AS succeeded,
+        count(*) FILTER (WHERE status = 'FAILURE') AS failed,
+        count(*) FILTER (WHERE status = 'FAILED_ATTEMPT') AS failed_attempts,
+        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+            ORDER BY extract(epoch FROM created_at - first_received_at)
+        ) FILTER (WHERE status = 'SUCCESS' AND first_received_at IS NOT NULL) AS latency
+    FROM delivery_attempts
+    WHERE created_at >= now() - CAST(:window AS interval)
+    """
+)
+
+_BY_SUBSCRIPTION = text(
+    """
+    SELECT
+        subscription_id,
+        count(*) FILTER (WHERE status = 'SUCCESS') AS succeeded,
+        count(*) FILTER (WHERE status = 'FAILURE') AS failed,
+        count(*) FILTER (WHERE status = 'FAILED_ATTEMPT') AS failed_attempts,
+        count(*) AS attempts
+    FROM delivery_attempts
+    WHERE created_at >= now() - CAST(:window AS interval)
+    GROUP BY subscription_id
+    ORDER BY count(*) FILTER (WHERE status <> 'SUCCESS') DESC, subscription_id
+    LIMIT :top
+    """
+)
+
+
+async def compute_stats(session: AsyncSession, window: timedelta, top: int = 10) -> dict[str, Any]:
+    window = min(window, MAX_WINDOW)
+    params = {"window": window, "top": top}
+    totals = (await session.execute(_TOTALS, params)).mappings().one()
+    finished = totals["succeeded"] + totals["failed"]
+    latency = totals["latency"] or [None, None, None]
+    rows = (await session.execute(_BY_SUBSCRIPTION, params)).mappings().all()
+    return {
+        "window_seconds": int(window.total_seconds()),
+        "deliveries": {
+            "total": totals["deliveries"],
+            "SUCCESS": totals["succeeded"],
+            "FAILURE": totals["failed"],
+            "in_retry": max(totals["deliveries"] - finished, 0),
+        },
+        "attempts": {"total": totals["attempts"], "FAILED_ATTEMPT": totals["failed_attempts"]},
+        "success_rate": round(totals["succeeded"] / finished, 4) if finished else None,
+        "attempts_per_delivery": (
+            round(totals["attempts"] / totals["deliveries"], 3) if totals["deliveries"] else None
+        ),
+        "latency_seconds": {
+            "p50": _round(latency[0]),
+            "p95": _round(latency[1]),
+            "p99": _round(latency[2]),
+        },
+        "top_subscriptions_by_failures": [
+            {
+                "subscription_id": str(r["subscription_id"]),
+                "SUCCESS": r["succeeded"],
+                "FAILURE": r["failed"],
+                "FAILED_ATTEMPT": r["failed_attempts"],
+                "attempts": r["attempts"],
+            }
+            for r in rows
+        ],
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+class StatsCache:
+    """Remembers each (window, top) answer for a few seconds."""
+
+    def __init__(self, ttl: float = CACHE_SECONDS) -> None:
+        self._ttl = ttl
+        self._entries: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
+
+    def get(self, window: timedelta, top: int) -> dict[str, Any] | None:
+        entry = self._entries.get((int(window.total_seconds()), top))
+        if entry is None or time.monotonic() - entry[0] > self._ttl:
+            return None
+        return entry[1]
+
+    def put(self, window: timedelta, top: int, value: dict[str, Any]) -> None:
+        if len(self._entries) > 64:  # windows are user input: keep the cache small
+            self._entries.clear()
+        self._entries[(int(window.total_seconds()), top)] = (time.monotonic(), value)
