@@ -1,0 +1,124 @@
+"""Per-partition offset tracking for out-of-order completion (design §3).
+
+Records of one partition are started in offset order but finish in any order (a slow
+target, a fast one). Kafka stores one number per partition, "everything before this is
+done", so the safe commit point is the first offset still unfinished: one slow early
+record holds the commit point back until it finishes, however many later records have.
+
+Pure bookkeeping: no I/O, no clock. A crash replays everything after the commit point,
+which is exactly the at-least-once promise.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
+
+
+class PartitionOffsets:
+    """Started/finished offsets of one partition during one assignment."""
+
+    __slots__ = ("_done", "_high", "_started", "committed")
+
+    def __init__(self) -> None:
+        self._started: deque[int] = deque()  # unfinished, in offset order
+        self._done: set[int] = set()  # finished, but behind an unfinished one
+        self._high: int | None = None  # highest offset started
+        # Last commit point handed to the broker (or the assignment's starting position).
+        self.committed: int | None = None
+
+    def start(self, offset: int) -> bool:
+        """Track ``offset``. False (and ignored) when not past every offset seen."""
+        if self._high is None:
+            # The first record of an assignment sits at the position the group had
+            # committed (or the log start): committing it again would be a no-op.
+            if self.committed is None:
+                self.committed = offset
+        elif offset <= self._high:
+            return False
+        self._high = offset
+        self._started.append(offset)
+        return True
+
+    def finish(self, offset: int) -> None:
+        started = self._started
+        if started and started[0] == offset:
+            started.popleft()
+            done = self._done
+            while started and started[0] in done:
+                done.remove(started.popleft())
+            return
+        if offset in self._done or offset not in started:
+            raise ValueError(f"offset {offset} was not started or is already finished")
+        self._done.add(offset)
+
+    @property
+    def pending(self) -> int:
+        """Started and not yet committable (finished ones behind a slow one count)."""
+        return len(self._started)
+
+    @property
+    def commit_point(self) -> int | None:
+        """The offset to commit: first unfinished, or one past the highest started."""
+        if self._started:
+            return self._started[0]
+        return None if self._high is None else self._high + 1
+
+    def due_commit(self) -> int | None:
+        """The commit point when it moved past the last one committed, else None."""
+        point = self.commit_point
+        if point is None or (self.committed is not None and point <= self.committed):
+            return None
+        return point
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class OffsetTracker(Generic[K]):
+    """``PartitionOffsets`` for every assigned partition.
+
+    A partition gets a fresh ``PartitionOffsets`` on every assignment: work that was
+    started under an earlier assignment finishes into its own (dropped) object and can
+    never move the new one's commit point.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[K, PartitionOffsets] = {}
+
+    def assign(self, keys: Iterable[K]) -> None:
+        for key in keys:
+            self._parts[key] = PartitionOffsets()
+
+    def revoke(self, keys: Iterable[K]) -> None:
+        for key in keys:
+            self._parts.pop(key, None)
+
+    def get(self, key: K) -> PartitionOffsets | None:
+        return self._parts.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._parts
+
+    def keys(self) -> list[K]:
+        return list(self._parts)
+
+    def items(self) -> list[tuple[K, PartitionOffsets]]:
+        return list(self._parts.items())
+
+    def due_commits(self, keys: Iterable[K] | None = None) -> dict[K, int]:
+        """Commit points that moved, for ``keys`` (default: every partition)."""
+        wanted = self._parts if keys is None else {k: self._parts[k] for k in keys if k in self}
+        due: dict[K, int] = {}
+        for key, part in wanted.items():
+            point = part.due_commit()
+            if point is not None:
+                due[key] = point
+        return due
+
+    def mark_committed(self, commits: dict[K, int]) -> None:
+        for key, point in commits.items():
+            part = self._parts.get(key)
+            if part is not None and (part.committed is None or point > part.committed):
+                part.committed = point

@@ -1,0 +1,143 @@
+import random
+
+import pytest
+
+from shared.offsets import OffsetTracker, PartitionOffsets
+
+
+def test_nothing_started_means_nothing_to_commit() -> None:
+    part = PartitionOffsets()
+    assert part.commit_point is None
+    assert part.due_commit() is None
+
+
+def test_in_order_completion_commits_one_past_the_last() -> None:
+    part = PartitionOffsets()
+    for offset in (5, 6, 7):
+        assert part.start(offset)
+    for offset in (5, 6, 7):
+        part.finish(offset)
+    assert part.commit_point == 8
+    assert part.pending == 0
+
+
+def test_a_slow_early_record_blocks_commits_past_it() -> None:
+    part = PartitionOffsets()
+    for offset in range(10):
+        part.start(offset)
+    for offset in range(1, 10):  # everything but the first finishes
+        part.finish(offset)
+    assert part.commit_point == 0
+    assert part.pending == 10
+    part.finish(0)
+    assert part.commit_point == 10
+    assert part.pending == 0
+
+
+def test_commit_point_is_the_first_unfinished_offset() -> None:
+    part = PartitionOffsets()
+    for offset in (0, 1, 2, 3, 4):
+        part.start(offset)
+    part.finish(0)
+    part.finish(1)
+    part.finish(3)
+    assert part.commit_point == 2
+    part.finish(2)
+    assert part.commit_point == 4
+
+
+def test_gaps_in_offsets_are_fine() -> None:
+    part = PartitionOffsets()
+    for offset in (10, 13, 20):
+        part.start(offset)
+    part.finish(13)
+    part.finish(10)
+    assert part.commit_point == 20
+    part.finish(20)
+    assert part.commit_point == 21
+
+
+def test_offsets_not_past_the_highest_seen_are_ignored() -> None:
+    part = PartitionOffsets()
+    assert part.start(3)
+    assert not part.start(3)
+    assert not part.start(1)
+    part.finish(3)
+    assert part.commit_point == 4
+
+
+def test_finishing_twice_or_unknown_is_an_error() -> None:
+    part = PartitionOffsets()
+    part.start(1)
+    part.start(2)
+    part.finish(2)
+    with pytest.raises(ValueError, match="not started or is already finished"):
+        part.finish(2)
+    with pytest.raises(ValueError, match="not started or is already finished"):
+        part.finish(7)
+
+
+def test_due_commit_only_when_the_point_moved() -> None:
+    part = PartitionOffsets()
+    part.start(0)
+    part.start(1)
+    assert part.due_commit() is None  # the starting position is already committed
+    part.finish(0)
+    assert part.due_commit() == 1
+    part.committed = 1
+    assert part.due_commit() is None
+    part.finish(1)
+    assert part.due_commit() == 2
+
+
+def test_random_completion_order_matches_a_brute_force_model() -> None:
+    rng = random.Random(7)
+    part = PartitionOffsets()
+    offsets = list(range(0, 3000, 3))
+    for offset in offsets:
+        part.start(offset)
+    finished: set[int] = set()
+    order = offsets[:]
+    rng.shuffle(order)
+    for offset in order:
+        part.finish(offset)
+        finished.add(offset)
+        first_unfinished = next((o for o in offsets if o not in finished), None)
+        expected = first_unfinished if first_unfinished is not None else offsets[-1] + 1
+        assert part.commit_point == expected
+
+
+def test_tracker_gives_each_assignment_a_fresh_partition() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.assign(["a", "b"])
+    old = tracker.get("a")
+    assert old is not None
+    old.start(0)
+    old.start(1)
+    old.finish(1)
+    tracker.revoke(["a"])
+    tracker.assign(["a"])
+    new = tracker.get("a")
+    assert new is not None
+    assert new is not old
+    old.finish(0)  # late work from the old assignment cannot move the new one
+    assert new.commit_point is None
+    assert "a" in tracker
+    assert "c" not in tracker
+
+
+def test_tracker_due_commits_and_mark_committed() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.assign(["a", "b"])
+    a, b = tracker.get("a"), tracker.get("b")
+    assert a is not None
+    assert b is not None
+    a.start(0)
+    a.finish(0)
+    b.start(4)
+    assert tracker.due_commits() == {"a": 1}
+    tracker.mark_committed({"a": 1})
+    assert tracker.due_commits() == {}
+    b.finish(4)
+    assert tracker.due_commits(["b"]) == {"b": 5}
+    assert tracker.due_commits(["a", "missing"]) == {}
