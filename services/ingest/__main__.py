@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
 
 from services.ingest.app import create_app
-from shared.logging import configure_logging
+from services.ingest.auth import ConfigurationError
+from services.ingest.server import uvicorn_config
+from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings, service="ingest")
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+    try:
+        app = create_app(settings)
+    except ConfigurationError as exc:
+        get_logger("ingest").error("refusing to start", reason=str(exc))
+        print(f"ingest: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    uvicorn.Server(uvicorn_config(app, settings.http_host, settings.http_port)).run()
 
 
 if __name__ == "__main__":

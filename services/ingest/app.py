@@ -8,11 +8,27 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from services.ingest import health
+from services.ingest import health, ingestion, metrics, status, subscriptions, tools
+from services.ingest.auth import check_api_key_configured, configured_key
+from services.ingest.errors import install_error_handlers
+from services.ingest.request_body import BodyLimitMiddleware
 from services.ingest.resources import Resources, open_resources
 from shared import __version__
 from shared.logging import get_logger
 from shared.settings import Settings
+
+DESCRIPTION = """
+Webhook delivery: signed ingestion, durable fan-out, retries, status.
+
+* `POST /ingest/{subscription_id}` is for outside senders and is authenticated by the
+  `x-hub-signature-256` HMAC of the raw body. Every management, status, tools and
+  `/events` route needs `Authorization: Bearer <HOOKSTREAM_API_KEY>`.
+* A 202 means the broker acknowledged the record (acks=all); when it cannot, the answer is
+  503 with `Retry-After`, never a 202.
+* Errors are JSON `{"detail": ...}`. Malformed ids in paths are 422, unknown ids 404.
+* Delivery is at-least-once with no ordering guarantee between deliveries; receivers can
+  deduplicate on the `webhook-id` header (= `delivery_id`).
+"""
 
 
 class State(TypedDict):
@@ -20,6 +36,9 @@ class State(TypedDict):
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """Raises ConfigurationError when no API key is set and the dev flag is off."""
+    check_api_key_configured(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         log = get_logger("ingest")
@@ -31,8 +50,16 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Hookstream",
         version=__version__,
-        description="Webhook delivery: signed ingestion, durable fan-out, retries, status.",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.state.api_key = configured_key(settings)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.include_router(ingestion.router)
+    app.include_router(subscriptions.router)
+    app.include_router(status.router)
+    app.include_router(tools.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

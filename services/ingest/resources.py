@@ -10,10 +10,14 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.ingest.idempotency import IdempotencyStore
+from services.ingest.ingestion import Ingestion
+from services.ingest.publishing import Publisher
 from shared.db import make_engine, make_sessionmaker
 from shared.kafka import make_producer
 from shared.redis import make_redis
 from shared.settings import Settings
+from shared.subscriptions import SubscriptionCache
 from shared.topics import Topics
 
 
@@ -25,23 +29,39 @@ class Resources:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     producer: AIOKafkaProducer
+    cache: SubscriptionCache
+    publisher: Publisher
+    ingestion: Ingestion
 
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
+        topics = Topics.from_settings(settings)
         engine = make_engine(settings)
         stack.push_async_callback(engine.dispose)
+        sessions = make_sessionmaker(engine)
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         producer = make_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        cache = SubscriptionCache(
+            sessions, redis, settings.topic_prefix, ttl=settings.subscription_cache_ttl
+        )
+        await cache.start()
+        stack.push_async_callback(cache.stop)
+        publisher = Publisher(producer, timeout=settings.publish_timeout)
         yield Resources(
             settings=settings,
-            topics=Topics.from_settings(settings),
+            topics=topics,
             engine=engine,
-            sessions=make_sessionmaker(engine),
+            sessions=sessions,
             redis=redis,
             producer=producer,
+            cache=cache,
+            publisher=publisher,
+            ingestion=Ingestion(
+                settings, topics, cache, publisher, IdempotencyStore(redis, settings)
+            ),
         )

@@ -1,0 +1,61 @@
+"""Publishing to the broker: a 2xx from ingest means the broker acknowledged (acks=all).
+
+``publish`` bounds the whole send (metadata wait, buffer space, broker ack) by
+``settings.publish_timeout``; past it, or on any Kafka error, the caller gets
+``ServiceUnavailable`` (503 + Retry-After) and never a 202 for a record that may not be
+stored. A record whose ack came too late may still land on the topic: the sender's retry
+then makes a duplicate, which at-least-once delivery allows (receivers dedupe on
+``webhook-id``); a loss it does not allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter
+
+from services.ingest.errors import ServiceUnavailable
+from shared.logging import get_logger
+from shared.metrics import PUBLISHED
+from shared.records import DeliveryJob, EventRecord
+
+log = get_logger("ingest.publishing")
+
+
+class Publisher:
+    def __init__(self, producer: AIOKafkaProducer, *, timeout: float) -> None:
+        self._producer = producer
+        self._timeout = timeout
+        self._retry_after = max(1, math.ceil(timeout))
+        self._published: dict[str, Counter] = {}
+
+    async def publish_event(self, topic: str, record: EventRecord) -> None:
+        await self._publish(topic, record.body, record.key, record.headers())
+
+    async def publish_job(self, topic: str, job: DeliveryJob) -> None:
+        await self._publish(topic, job.body, job.key, job.headers())
+
+    async def _publish(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                ack = await self._producer.send(topic, value, key=key, headers=headers)
+                await ack
+        except TimeoutError:
+            log.warning("broker ack timed out", topic=topic, timeout_s=self._timeout)
+            raise ServiceUnavailable(
+                "the broker did not acknowledge in time; retry later", self._retry_after
+            ) from None
+        except KafkaError as exc:
+            log.warning("publish failed", topic=topic, error=f"{type(exc).__name__}: {exc}")
+            raise ServiceUnavailable(
+                "the broker is unavailable; retry later", self._retry_after
+            ) from None
+        counter = self._published.get(topic)
+        if counter is None:
+            counter = self._published[topic] = PUBLISHED.labels(topic)
+        counter.inc()

@@ -1,0 +1,98 @@
+"""Reading an ingest body: bounded in size, kept as the exact bytes, checked to be JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.ingest.errors import BadRequest, InvalidJSON, PayloadTooLarge, error_response
+
+
+def check_content_length(request: Request, limit: int) -> None:
+    """Refuse an oversized body before reading a byte of it."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise BadRequest("invalid Content-Length")
+    if int(declared) > limit:
+        raise PayloadTooLarge(limit)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes; a chunked upload is cut off at the limit."""
+    check_content_length(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """The decoded payload, or InvalidJSON.
+
+    orjson first (fast); it refuses integers beyond 64 bits and lone surrogates, which
+    are valid JSON, so those few bodies go through the stdlib parser, minus the NaN and
+    Infinity it would otherwise let through.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body.decode(), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidJSON() from None
+
+
+class _TooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is larger than {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """HOOKSTREAM_MAX_BODY_BYTES for the routes FastAPI parses (management, tools, /events).
+
+    ``/ingest/`` is left alone: it reads its own body with the same limit (``read_body``)
+    and its hot path should not pay for a second count.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/ingest/"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.limit:
+                    await error_response(413, _TooLarge(self.limit).detail)(scope, receive, send)
+                    return
+                break
+        limit = self.limit
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge(limit)
+            return message
+
+        await self.app(scope, limited, send)

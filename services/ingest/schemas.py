@@ -1,0 +1,165 @@
+"""Request and response bodies of the HTTP API (design §4)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Event type names travel in a Kafka header and a text column; 200 characters is far
+# beyond any real name ("invoice.payment_failed" is 22).
+EventType = Annotated[str, Field(min_length=1, max_length=200)]
+# The hard ceiling of the schema; the effective limit is HOOKSTREAM_MAX_URL_LENGTH,
+# checked in the service because it is a setting.
+TargetUrl = Annotated[
+    str, Field(min_length=1, max_length=8192, examples=["https://example.com/hook"])
+]
+SecretKey = Annotated[str, Field(min_length=1, max_length=1024)]
+
+MAX_EVENT_TYPES = 100
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- subscriptions ------------------------------------------------------------------
+
+
+class SubscriptionCreate(_Strict):
+    target_url: TargetUrl
+    secret_key: SecretKey | None = Field(
+        None, description="HMAC secret for signatures; null = no signing or verification"
+    )
+    event_types: list[EventType] = Field(
+        default_factory=list,
+        max_length=MAX_EVENT_TYPES,
+        description="event types to deliver; empty = every type",
+    )
+    is_active: bool = True
+
+
+class SubscriptionUpdate(_Strict):
+    """Only the fields present are changed. ``secret_key: null`` removes the secret."""
+
+    target_url: TargetUrl | None = None
+    secret_key: SecretKey | None = None
+    event_types: list[EventType] | None = Field(None, max_length=MAX_EVENT_TYPES)
+    is_active: bool | None = None
+
+
+class SubscriptionOut(BaseModel):
+    """A subscription as list/get show it: never its secret."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    target_url: str
+    event_types: list[str]
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubscriptionCreated(SubscriptionOut):
+    """The create response: the only answer that ever contains ``secret_key``."""
+
+    secret_key: str | None
+
+
+# --- ingestion ----------------------------------------------------------------------
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"]
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    message: str
+
+
+class Filtered(BaseModel):
+    status: Literal["filtered"]
+    reason: Literal["subscription_inactive", "event_type_not_subscribed"]
+    message: str
+
+
+class EventAccepted(BaseModel):
+    status: Literal["accepted"]
+    event_id: uuid.UUID
+    message: str
+
+
+# --- status -------------------------------------------------------------------------
+
+
+class AttemptOut(BaseModel):
+    """One delivery attempt (the original service's ``webhook_logs`` row)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    subscription_id: uuid.UUID
+    target_url: str
+    event_type: str
+    attempt_number: int
+    status_code: int | None
+    status: Literal["SUCCESS", "FAILED_ATTEMPT", "FAILURE"]
+    error_details: str | None
+    duration_ms: int | None
+    response_excerpt: str | None
+    trigger: str
+    created_at: datetime
+
+
+class DeliveryStatus(BaseModel):
+    delivery_id: uuid.UUID
+    subscription_id: uuid.UUID
+    event_id: uuid.UUID
+    total_attempts: int
+    latest_status: Literal["SUCCESS", "FAILED_ATTEMPT", "FAILURE"]
+    latest_attempt: AttemptOut
+    logs: list[AttemptOut] = Field(description="every attempt, oldest first")
+
+
+class SubscriptionDeliveries(BaseModel):
+    subscription_id: uuid.UUID
+    total_attempts: int
+    successful_deliveries: int = Field(description="attempts with status SUCCESS")
+    failed_deliveries: int = Field(description="deliveries that ended FAILURE (retries exhausted)")
+    failed_attempts: int = Field(description="attempts with status FAILED_ATTEMPT (retried)")
+    recent_logs: list[AttemptOut] = Field(description="latest attempts, newest first")
+
+
+class EventDelivery(BaseModel):
+    delivery_id: uuid.UUID
+    subscription_id: uuid.UUID
+    total_attempts: int
+    latest_status: Literal["SUCCESS", "FAILED_ATTEMPT", "FAILURE"]
+    latest_attempt_at: datetime
+
+
+class EventStatus(BaseModel):
+    event_id: uuid.UUID
+    event_type: str | None = Field(description="null when the event row has expired")
+    subscription_id: uuid.UUID | None = Field(description="set for targeted ingests")
+    received_at: datetime | None
+    content_type: str | None
+    size_bytes: int | None
+    deliveries: list[EventDelivery]
+
+
+# --- tools --------------------------------------------------------------------------
+
+
+class SignatureRequest(_Strict):
+    payload: dict[str, Any] = Field(examples=[{"event": "order.created", "id": 42}])
+    secret_key: SecretKey
+
+
+class SignatureOut(BaseModel):
+    x_hub_signature_256: str = Field(examples=["sha256=" + "0" * 64])
+    signed_body: str = Field(description="the exact string that was signed: json.dumps(payload)")

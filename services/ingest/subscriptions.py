@@ -1,0 +1,248 @@
+"""Subscriptions: CRUD routes, the service functions behind them, and cache invalidation.
+
+Routes own the transaction (commit), service functions flush. After a change is
+committed, every process's cache is told (Redis pub/sub, ``shared.subscriptions``) and this
+process's own cache is reloaded before answering, so a client that changes a subscription
+and then sends a webhook sees its change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from services.ingest.auth import require_api_key
+from services.ingest.errors import NotFound, Unprocessable, error_responses
+from services.ingest.resources import Resources
+from services.ingest.schemas import (
+    SubscriptionCreate,
+    SubscriptionCreated,
+    SubscriptionOut,
+    SubscriptionUpdate,
+)
+from shared.logging import get_logger
+from shared.models import Subscription
+from shared.subscriptions import notify_changed
+
+log = get_logger("ingest.subscriptions")
+
+MAX_PAGE = 1000
+_SCHEMES = frozenset({"http", "https"})
+
+
+# --- core ---------------------------------------------------------------------------
+
+
+def check_target_url(url: str, max_length: int) -> str:
+    """An absolute http(s) URL with a host, within the length limit.
+
+    Whether the host is safe to call (SSRF) is decided at delivery time, after DNS
+    resolution, by the dispatcher; here we only refuse what can never be delivered.
+    """
+    loc = ("body", "target_url")
+    if len(url) > max_length:
+        raise Unprocessable(loc, f"must be at most {max_length} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise Unprocessable(loc, "must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        raise Unprocessable(loc, "is not a valid URL") from None
+    if parts.scheme.lower() not in _SCHEMES:
+        raise Unprocessable(loc, "must be an http or https URL")
+    if not parts.hostname:
+        raise Unprocessable(loc, "must name a host")
+    return url
+
+
+async def create_subscription(
+    session: AsyncSession, data: SubscriptionCreate, *, max_url_length: int
+) -> Subscription:
+    now = datetime.now(UTC)
+    sub = Subscription(
+        id=uuid.uuid4(),
+        target_url=check_target_url(data.target_url, max_url_length),
+        secret_key=data.secret_key,
+        event_types=_unique(data.event_types),
+        is_active=data.is_active,
+        failure_streak=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(sub)
+    await session.flush()
+    return sub
+
+
+async def list_subscriptions(
+    session: AsyncSession, *, skip: int, limit: int
+) -> Sequence[Subscription]:
+    query = (
+        select(Subscription)
+        .order_by(Subscription.created_at, Subscription.id)
+        .offset(skip)
+        .limit(min(limit, MAX_PAGE))
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def get_subscription(session: AsyncSession, subscription_id: uuid.UUID) -> Subscription:
+    sub = await session.get(Subscription, subscription_id)
+    if sub is None:
+        raise NotFound("subscription not found")
+    return sub
+
+
+async def update_subscription(
+    session: AsyncSession,
+    subscription_id: uuid.UUID,
+    patch: SubscriptionUpdate,
+    *,
+    max_url_length: int,
+) -> Subscription:
+    sub = await get_subscription(session, subscription_id)
+    fields = patch.model_fields_set
+    for name in fields - {"secret_key"}:
+        if getattr(patch, name) is None:
+            raise Unprocessable(("body", name), "must not be null")
+    if "target_url" in fields and patch.target_url is not None:
+        sub.target_url = check_target_url(patch.target_url, max_url_length)
+    if "secret_key" in fields:
+        sub.secret_key = patch.secret_key  # null removes the secret
+    if "event_types" in fields and patch.event_types is not None:
+        sub.event_types = _unique(patch.event_types)
+    if "is_active" in fields and patch.is_active is not None:
+        sub.is_active = patch.is_active
+        if patch.is_active:
+            # Reactivation by hand clears the automatic deactivation's bookkeeping.
+            sub.deactivated_reason = None
+            sub.failure_streak = 0
+            sub.failing_since = None
+    sub.updated_at = datetime.now(UTC)
+    await session.flush()
+    return sub
+
+
+async def delete_subscription(session: AsyncSession, subscription_id: uuid.UUID) -> None:
+    """The row goes; its delivery attempts stay readable (they have no foreign key)."""
+    result = await session.execute(
+        delete(Subscription).where(Subscription.id == subscription_id).returning(Subscription.id)
+    )
+    if result.scalar_one_or_none() is None:
+        raise NotFound("subscription not found")
+
+
+async def announce_change(res: Resources, subscription_id: uuid.UUID) -> None:
+    """After commit: tell every process, and refresh this one's cache before answering."""
+    await notify_changed(res.redis, res.settings.topic_prefix, subscription_id)
+    res.cache.invalidate()
+    try:
+        await res.cache.reload()
+    except Exception as exc:  # the refresher retries; the change is committed either way
+        log.warning("subscription cache reload failed", error=type(exc).__name__)
+
+
+def _unique(event_types: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(event_types))
+
+
+# --- HTTP ---------------------------------------------------------------------------
+
+router = APIRouter(
+    prefix="/subscriptions",
+    tags=["subscriptions"],
+    dependencies=[Depends(require_api_key)],
+)
+
+
+def _res(request: Request) -> Resources:
+    res: Resources = request.state.resources
+    return res
+
+
+@router.post(
+    "/",
+    status_code=201,
+    response_model=SubscriptionCreated,
+    summary="Create a subscription (the only answer that shows its secret_key)",
+    responses=error_responses(400, 401, 422),
+)
+async def create(data: SubscriptionCreate, request: Request) -> Subscription:
+    res = _res(request)
+    async with res.sessions.begin() as session:
+        sub = await create_subscription(session, data, max_url_length=res.settings.max_url_length)
+    await announce_change(res, sub.id)
+    log.info("subscription created", subscription_id=str(sub.id), signed=sub.secret_key is not None)
+    return sub
+
+
+@router.get(
+    "/",
+    response_model=list[SubscriptionOut],
+    summary="List subscriptions, oldest first (never their secrets)",
+    responses=error_responses(401, 422),
+)
+async def list_(
+    request: Request,
+    skip: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> Sequence[Subscription]:
+    async with _res(request).sessions() as session:
+        return await list_subscriptions(session, skip=skip, limit=limit)
+
+
+@router.get(
+    "/{subscription_id}",
+    response_model=SubscriptionOut,
+    summary="One subscription (never its secret)",
+    responses=error_responses(401, 404, 422),
+)
+async def get(subscription_id: uuid.UUID, request: Request) -> Subscription:
+    async with _res(request).sessions() as session:
+        return await get_subscription(session, subscription_id)
+
+
+@router.patch(
+    "/{subscription_id}",
+    response_model=SubscriptionOut,
+    summary="Change fields of a subscription; `secret_key: null` removes its secret",
+    responses=error_responses(400, 401, 404, 422),
+)
+async def update(
+    subscription_id: uuid.UUID, patch: SubscriptionUpdate, request: Request
+) -> Subscription:
+    res = _res(request)
+    async with res.sessions.begin() as session:
+        sub = await update_subscription(
+            session, subscription_id, patch, max_url_length=res.settings.max_url_length
+        )
+    await announce_change(res, sub.id)
+    log.info(
+        "subscription updated", subscription_id=str(sub.id), fields=sorted(patch.model_fields_set)
+    )
+    return sub
+
+
+@router.delete(
+    "/{subscription_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a subscription; its delivery history stays readable",
+    responses=error_responses(401, 404, 422),
+)
+async def remove(subscription_id: uuid.UUID, request: Request) -> Response:
+    res = _res(request)
+    async with res.sessions.begin() as session:
+        await delete_subscription(session, subscription_id)
+    await announce_change(res, subscription_id)
+    log.info("subscription deleted", subscription_id=str(subscription_id))
+    return Response(status_code=204)
