@@ -54,6 +54,11 @@ log = get_logger("retry_scheduler")
 
 Clock = Callable[[], float]
 
+# During a rebalance the broker waits rebalance_timeout_ms for members to rejoin (aiokafka
+# sets it to session_timeout_ms: 10 s in shared.kafka). Revocation waits at most half of
+# that for acks, then commits what it has; a longer wait would get this member evicted.
+REVOKE_DRAIN_SECONDS = 5.0
+
 
 def group_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}.retry-scheduler"
@@ -280,21 +285,23 @@ class RetryScheduler:
 
     # --- rebalance and shutdown -----------------------------------------------------
 
-    async def _finish(self, parts: list[_Partition]) -> None:
+    async def _finish(self, parts: list[_Partition], wait_seconds: float) -> None:
         """Wait (bounded) for in-flight publishes of ``parts``, then commit what is acked."""
         in_flight = self._in_flight(parts)
         if in_flight:
-            _, pending = await asyncio.wait(in_flight, timeout=self._config.drain_timeout)
+            _, pending = await asyncio.wait(in_flight, timeout=wait_seconds)
             if pending:
                 log.warning("publishes still in flight after drain timeout", count=len(pending))
         await self._commit(parts)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:  # the first join of this member
+            return
         for tp in revoked:
             self._cancel_timer(tp)
         # Dropped first so that the loop stops adding work to them while we wait.
         parts = [part for tp in revoked if (part := self._parts.pop(tp, None)) is not None]
-        await self._finish(parts)
+        await self._finish(parts, min(self._config.drain_timeout, REVOKE_DRAIN_SECONDS))
         log.info("partitions revoked", count=len(revoked))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -310,7 +317,7 @@ class RetryScheduler:
         for tp in list(self._timers):
             self._cancel_timer(tp)
         try:
-            await self._finish(list(self._parts.values()))
+            await self._finish(list(self._parts.values()), self._config.drain_timeout)
         except Exception as exc:  # the loop's own error, if any, matters more
             log.error("final commit failed", error=repr(exc))
 
