@@ -1,0 +1,361 @@
+"""Per-target circuit breaker, shared by every dispatcher process through Redis (design §6, §8).
+
+A target is ``host:port`` (``target_of(url)``): one dead endpoint behind many subscriptions
+trips one breaker, and its jobs stop tying up connections that healthy targets need.
+
+States, as a pure machine (``decide`` / ``observe``; unit-tested with an injected clock):
+
+- **closed**: every request goes. Failures (connection errors, timeouts, 5xx) are counted
+  as a run that starts at the first one; ``failure_threshold`` failures within ``window``
+  of the run's start open the breaker. Any success resets the run.
+- **open** for ``cool_down``: ``allow`` says no. The dispatcher then sends the job to the
+  next tier without making the call and without burning an attempt.
+- **half-open**: one probe at a time goes. It holds a lease of ``probe_lease`` (longer
+  than a delivery timeout), so a probe lost with a crashed process frees the slot again.
+  A success closes the breaker, a failure opens it for another ``cool_down``.
+
+A success closes the breaker from any state: a target that answered is alive, even when
+the answer belongs to a request sent before the breaker opened.
+
+Sharing. The state lives in a Redis hash per target, ``<prefix>:breaker:<host:port>``, and
+one Lua script applies each transition atomically (one round trip, no WATCH retries when
+many processes hit the same dead target at once). The Lua mirrors ``decide``/``observe``
+line for line; an integration test runs both on the same random histories and compares.
+Keys expire (``ttl``) so forgotten targets leave nothing behind; an expired key reads as
+closed.
+
+Time is the callers' wall clock, passed to the script: processes on different hosts
+disagree by their clock skew (milliseconds under NTP) against cool-downs of seconds.
+
+Redis is an accelerator (design §8). Each process keeps a bounded local view: a target
+seen closed with no failures (or open within its cool-down) less than ``sync_interval`` ago
+is answered without a round trip, so a healthy target costs nothing and another process's
+decision reaches this one within ``sync_interval``; a target in trouble is asked about
+every time. When Redis fails, the same machine runs on the
+local view alone (each process then decides for itself) and Redis is tried again after
+``redis_retry``. Delivery never waits on a dead Redis for more than one client timeout.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.logging import get_logger
+from shared.metrics import BREAKERS_OPEN
+
+log = get_logger("breaker")
+
+Clock = Callable[[], float]
+Op = Literal["allow", "ok", "fail"]
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    # Five failures in a row within a minute: a flaky target that fails one request in
+    # three essentially never trips it ((1/3)^5 < 0.5%), a dead one trips within seconds.
+    failure_threshold: int = 5
+    window: float = 60.0
+    # How long jobs skip the target before a probe. Shorter than the first tier (10 s),
+    # so a target that comes back loses at most one tier's worth of retries.
+    cool_down: float = 30.0
+    # The probe's lease: longer than the delivery timeout (10 s) plus a margin.
+    probe_lease: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        if min(self.window, self.cool_down, self.probe_lease) <= 0:
+            raise ValueError("window, cool_down and probe_lease must be positive")
+
+    @property
+    def ttl_ms(self) -> int:
+        """Redis key lifetime: twice the longest span a stored state matters for."""
+        return math.ceil(2 * max(self.window, self.cool_down + self.probe_lease) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    state: BreakerState = BreakerState.CLOSED
+    failures: int = 0  # length of the current run of failures
+    since: float = 0.0  # when that run began
+    opened_at: float = 0.0  # when the breaker last opened
+    probe_at: float = 0.0  # when the current half-open probe was let through
+
+
+CLOSED = BreakerSnapshot()
+
+
+def decide(
+    snap: BreakerSnapshot, now: float, config: BreakerConfig
+) -> tuple[bool, BreakerSnapshot]:
+    """May a request go to the target now? Returns the answer and the next state."""
+    if snap.state is BreakerState.CLOSED:
+        return True, snap
+    if snap.state is BreakerState.OPEN:
+        if now - snap.opened_at >= config.cool_down:
+            return True, replace(snap, state=BreakerState.HALF_OPEN, probe_at=now)
+        return False, snap
+    if now - snap.probe_at >= config.probe_lease:  # the probe was lost: let another go
+        return True, replace(snap, probe_at=now)
+    return False, snap
+
+
+def observe(snap: BreakerSnapshot, ok: bool, now: float, config: BreakerConfig) -> BreakerSnapshot:
+    """The state after a request to the target succeeded (``ok``) or failed."""
+    if ok:
+        return CLOSED
+    if snap.state is BreakerState.OPEN:
+        return snap  # a late failure of a request sent before it opened
+    if snap.state is BreakerState.HALF_OPEN:
+        return replace(snap, state=BreakerState.OPEN, opened_at=now)
+    if snap.failures == 0 or now - snap.since > config.window:
+        failures, since = 1, now
+    else:
+        failures, since = snap.failures + 1, snap.since
+    if failures >= config.failure_threshold:
+        return replace(snap, state=BreakerState.OPEN, failures=failures, since=since, opened_at=now)
+    return replace(snap, failures=failures, since=since)
+
+
+def target_of(url: str) -> str:
+    """``host:port`` of a URL, the unit a breaker protects: ``https://A.example/x`` →
+    ``a.example:443``; IPv6 hosts keep their brackets."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower(), 0)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def breaker_key(topic_prefix: str, target: str) -> str:
+    return f"{topic_prefix}:breaker:{target}"
+
+
+# One transition, atomically. Mirrors decide()/observe() above; keep the two in step (the
+# integration test compares them on random histories). Timestamps are stored as the
+# strings the client sent, so nothing is lost to Lua's number formatting.
+#   KEYS[1]  the target's hash
+#   ARGV     op ("allow" | "ok" | "fail"), now, threshold, window, cool_down, probe_lease, ttl_ms
+# Returns {state, failures, since, opened_at, probe_at, allowed (1/0)}.
+_SCRIPT = """
+local op, now_s = ARGV[1], ARGV[2]
+local now = tonumber(now_s)
+local threshold, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cool_down, lease, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local f = redis.call('HMGET', KEYS[1], 'state', 'failures', 'since', 'opened_at', 'probe_at')
+local state, failures = f[1] or 'closed', tonumber(f[2]) or 0
+local since, opened_at, probe_at = f[3] or '0', f[4] or '0', f[5] or '0'
+local allowed, changed = 1, false
+
+if op == 'allow' then
+  if state == 'open' then
+    if now - tonumber(opened_at) >= cool_down then
+      state, probe_at, changed = 'half_open', now_s, true
+    else
+      allowed = 0
+    end
+  elseif state == 'half_open' then
+    if now - tonumber(probe_at) >= lease then
+      probe_at, changed = now_s, true
+    else
+      allowed = 0
+    end
+  end
+elseif op == 'ok' then
+  if state ~= 'closed' or failures ~= 0 then
+    state, failures, since, opened_at, probe_at, changed = 'closed', 0, '0', '0', '0', true
+  end
+elseif state == 'half_open' then
+  state, opened_at, changed = 'open', now_s, true
+elseif state == 'closed' then
+  if failures == 0 or now - tonumber(since) > window then
+    failures, since = 1, now_s
+  else
+    failures = failures + 1
+  end
+  if failures >= threshold then
+    state, opened_at = 'open', now_s
+  end
+  changed = true
+end
+
+if changed then
+  if state == 'closed' and failures == 0 then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('HSET', KEYS[1], 'state', state, 'failures', failures, 'since', since,
+      'opened_at', opened_at, 'probe_at', probe_at)
+    redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  end
+end
+return {state, failures, since, opened_at, probe_at, allowed}
+"""
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBreakerStore:
+    """The shared state: one atomic transition per call."""
+
+    def __init__(self, redis: Redis, topic_prefix: str, config: BreakerConfig) -> None:
+        self._prefix = topic_prefix
+        self._config = config
+        self._script = redis.register_script(_SCRIPT)
+
+    async def apply(self, op: Op, target: str, now: float) -> tuple[bool, BreakerSnapshot]:
+        c = self._config
+        args: list[str | int | float] = [
+            op,
+            repr(now),
+            c.failure_threshold,
+            c.window,
+            c.cool_down,
+            c.probe_lease,
+            c.ttl_ms,
+        ]
+        raw = await self._script(keys=[breaker_key(self._prefix, target)], args=args)
+        state, failures, since, opened_at, probe_at, allowed = (_text(v) for v in raw)
+        snap = BreakerSnapshot(
+            state=BreakerState(state),
+            failures=int(failures),
+            since=float(since),
+            opened_at=float(opened_at),
+            probe_at=float(probe_at),
+        )
+        return allowed == "1", snap
+
+
+@dataclass(slots=True)
+class _Known:
+    snapshot: BreakerSnapshot
+    synced_at: float  # when Redis said so; -inf for a state decided locally
+
+
+class CircuitBreaker:
+    """``allow(target)`` before a request, ``record(target, ok)`` after it.
+
+    ``redis=None`` runs on the local view only (one process, or tests).
+    """
+
+    def __init__(
+        self,
+        redis: Redis | None,
+        topic_prefix: str,
+        config: BreakerConfig | None = None,
+        *,
+        clock: Clock = time.time,
+        sync_interval: float = 1.0,
+        redis_retry: float = 5.0,
+        max_targets: int = 10_000,
+    ) -> None:
+        self.config = config or BreakerConfig()
+        self._store = RedisBreakerStore(redis, topic_prefix, self.config) if redis else None
+        self._clock = clock
+        self._sync_interval = sync_interval
+        self._redis_retry = redis_retry
+        self._redis_down_until = -math.inf
+        # Most recently used last; the least recently used target is forgotten first.
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._max_targets = max_targets
+        self._not_closed: set[str] = set()
+
+    async def allow(self, target: str) -> bool:
+        """False while the target's breaker is open (or its one probe is out)."""
+        now = self._clock()
+        known = self._known.get(target)
+        if known is not None and now - known.synced_at < self._sync_interval:
+            snap = known.snapshot
+            if snap == CLOSED:
+                return True
+            if snap.state is BreakerState.OPEN and now - snap.opened_at < self.config.cool_down:
+                return False
+        shared = await self._shared("allow", target, now)
+        if shared is not None:
+            allowed, snap = shared
+            self._remember(target, snap, now)
+            return allowed
+        allowed, snap = decide(self._local(target), now, self.config)
+        self._remember(target, snap, -math.inf)
+        return allowed
+
+    async def record(self, target: str, ok: bool) -> None:
+        """Count the outcome of a request: ``ok`` for a 2xx-class answer."""
+        now = self._clock()
+        known = self._known.get(target)
+        if (
+            ok
+            and known is not None
+            and known.snapshot == CLOSED
+            and now - known.synced_at < self._sync_interval
+        ):
+            # Nothing to reset as far as we know: skip the round trip on the hot path.
+            # A run of failures another process began in the last sync_interval is not
+            # reset by this success; it still needs threshold failures within window.
+            return
+        shared = await self._shared("ok" if ok else "fail", target, now)
+        if shared is not None:
+            self._remember(target, shared[1], now)
+        else:
+            self._remember(target, observe(self._local(target), ok, now, self.config), -math.inf)
+
+    def state(self, target: str) -> BreakerState:
+        """This process's latest view (for logs, metrics and tests)."""
+        return self._local(target).state
+
+    def _local(self, target: str) -> BreakerSnapshot:
+        known = self._known.get(target)
+        return known.snapshot if known is not None else CLOSED
+
+    async def _shared(self, op: Op, target: str, now: float) -> tuple[bool, BreakerSnapshot] | None:
+        if self._store is None or now < self._redis_down_until:
+            return None
+        try:
+            return await self._store.apply(op, target, now)
+        except (RedisError, OSError) as exc:
+            self._redis_down_until = now + self._redis_retry
+            log.warning(
+                "breaker state is local to this process: Redis unavailable",
+                error=repr(exc),
+                retry_in=self._redis_retry,
+            )
+            return None
+
+    def _remember(self, target: str, snap: BreakerSnapshot, synced_at: float) -> None:
+        before = self._local(target).state
+        self._known[target] = _Known(snap, synced_at)
+        self._known.move_to_end(target)
+        if len(self._known) > self._max_targets:
+            forgotten, _ = self._known.popitem(last=False)
+            self._not_closed.discard(forgotten)
+        if snap.state is BreakerState.CLOSED:
+            self._not_closed.discard(target)
+        else:
+            self._not_closed.add(target)
+        BREAKERS_OPEN.set(len(self._not_closed))
+        if snap.state is not before:
+            log.info(
+                "circuit breaker state",
+                target=target,
+                state=snap.state.value,
+                was=before.value,
+                failures=snap.failures,
+            )

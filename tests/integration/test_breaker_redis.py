@@ -1,0 +1,158 @@
+"""The circuit breaker shared through the real Redis: two instances stand for two processes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.breaker import (
+    CLOSED,
+    BreakerConfig,
+    BreakerState,
+    CircuitBreaker,
+    RedisBreakerStore,
+    breaker_key,
+    decide,
+    observe,
+)
+from shared.redis import make_redis
+from shared.settings import Settings
+from tests.support.procs import free_port
+
+CONFIG = BreakerConfig(failure_threshold=3, window=10.0, cool_down=5.0, probe_lease=2.0)
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def redis_pair(settings: Settings) -> AsyncIterator[tuple[Redis, Redis]]:
+    """Two clients, as two dispatcher processes would have."""
+    first, second = make_redis(settings), make_redis(settings)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+@pytest.fixture
+def prefix(settings: Settings) -> str:
+    return f"{settings.topic_prefix}-br{secrets.token_hex(3)}"
+
+
+async def test_two_processes_see_one_breaker(redis_pair: tuple[Redis, Redis], prefix: str) -> None:
+    clock = FakeClock()
+    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock)
+    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock)
+    target = "dead.example:443"
+    # Failures counted by both processes add up to one run.
+    await a.record(target, ok=False)
+    await b.record(target, ok=False)
+    assert await b.allow(target)
+    await a.record(target, ok=False)
+    assert not await b.allow(target), "b must see the breaker a's failure opened"
+    key = breaker_key(prefix, target)
+    assert 0 < await redis_pair[0].pttl(key) <= CONFIG.ttl_ms
+
+    clock.now += CONFIG.cool_down
+    assert await b.allow(target), "after the cool-down one probe goes"
+    assert not await a.allow(target), "only one probe at a time, across processes"
+    await b.record(target, ok=True)
+    assert await a.allow(target)
+    assert a.state(target) is BreakerState.CLOSED
+    assert await redis_pair[0].exists(key) == 0, "a closed breaker leaves no key behind"
+
+
+async def test_exactly_one_probe_among_concurrent_callers(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    clock = FakeClock()
+    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock)
+    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock)
+    target = "flaky.example:8443"
+    for _ in range(CONFIG.failure_threshold):
+        await a.record(target, ok=False)
+    clock.now += CONFIG.cool_down + 0.1
+    answers = await asyncio.gather(*(x.allow(target) for _ in range(20) for x in (a, b)))
+    assert answers.count(True) == 1
+
+
+async def test_a_closed_view_is_trusted_for_sync_interval_only(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    clock = FakeClock()
+    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock, sync_interval=1.0)
+    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock, sync_interval=1.0)
+    target = "t.example:80"
+    assert await b.allow(target)  # b learns "closed" from Redis
+    for _ in range(CONFIG.failure_threshold):
+        await a.record(target, ok=False)
+    clock.now += 0.5
+    assert await b.allow(target), "within sync_interval b answers from its own view"
+    clock.now += 0.5
+    assert not await b.allow(target), "after sync_interval b asks Redis again"
+
+
+async def test_lua_script_matches_the_pure_machine(settings: Settings, prefix: str) -> None:
+    """Random histories through both implementations, step by step, including the exact
+    boundaries (cool_down, probe_lease, window) where >= and > differ."""
+    redis = make_redis(settings)
+    store = RedisBreakerStore(redis, prefix, CONFIG)
+    steps = [0.0, 0.0, 0.3, 1.0, 2.0, 3.7, 5.0, 10.0, 10.001]
+    rng = random.Random(5)
+    try:
+        for history in range(150):
+            target = f"h{history}:1"
+            snap, now = CLOSED, T0 + history * 1000
+            for _ in range(25):
+                now += rng.choice(steps)
+                op = rng.choice(["allow", "allow", "ok", "fail", "fail", "fail"])
+                if op == "allow":
+                    expected = decide(snap, now, CONFIG)
+                else:
+                    expected = (True, observe(snap, op == "ok", now, CONFIG))
+                got = await store.apply(op, target, now)  # type: ignore[arg-type]
+                if op == "allow":
+                    assert got == expected, (history, op, now - T0, snap)
+                else:
+                    assert got[1] == expected[1], (history, op, now - T0, snap)
+                snap = expected[1]
+    finally:
+        await redis.delete(*[breaker_key(prefix, f"h{i}:1") for i in range(150)])
+        await redis.aclose()
+
+
+async def test_redis_down_falls_back_to_a_local_breaker_quickly(settings: Settings) -> None:
+    # Nothing listens on this port: every Redis call fails at once (connection refused).
+    dead = Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5, socket_timeout=0.5
+    )
+    clock = FakeClock()
+    breaker = CircuitBreaker(dead, "p", CONFIG, clock=clock, redis_retry=5.0)
+    target = "dead.example:443"
+    started = time.monotonic()
+    try:
+        for _ in range(CONFIG.failure_threshold):
+            assert await breaker.allow(target)
+            await breaker.record(target, ok=False)
+        assert not await breaker.allow(target), "the local breaker opened on its own"
+        clock.now += CONFIG.cool_down
+        assert await breaker.allow(target)
+        assert not await breaker.allow(target)
+        await breaker.record(target, ok=True)
+        assert await breaker.allow(target)
+    finally:
+        await dead.aclose()
+    # After the first failure Redis is not asked again for redis_retry seconds.
+    assert time.monotonic() - started < 1.0
