@@ -131,6 +131,10 @@ class TopicProbe:
         """From now on, ``new_count`` and ``new_records`` count from here."""
         self._mark = await self.end_offsets()
 
+    async def mark_beginning(self) -> None:
+        """Count from the start of the log (every record still retained)."""
+        self._mark = await self._consumer.beginning_offsets(self._partitions)
+
     async def new_count(self) -> int:
         ends = await self.end_offsets()
         return sum(ends[tp] - self._mark[tp] for tp in self._partitions)
