@@ -57,7 +57,11 @@ POISON_RECORDS = Counter(
 )
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose the default registry on 127.0.0.1:<port> (a worker's metrics port)."""
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Expose the default registry on <host>:<port> (a worker's metrics port).
+
+    Loopback by default; containers set HOOKSTREAM_METRICS_HOST=0.0.0.0 so Prometheus in
+    another container can scrape them.
+    """
     if port is not None:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)

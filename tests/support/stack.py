@@ -82,7 +82,9 @@ class IsolatedStack:
 
     def settings(self, **overrides: object) -> Settings:
         """Settings for this stack, as a service would build them from its environment."""
-        env = {k.removeprefix("HOOKSTREAM_").lower(): v for k, v in self.env.items()}
+        env: dict[str, object] = {
+            k.removeprefix("HOOKSTREAM_").lower(): v for k, v in self.env.items()
+        }
         env.update(overrides)
         return Settings(**env)  # type: ignore[arg-type]
 
