@@ -1,34 +1,67 @@
-"""`python -m services.janitor [--once]`: periodic housekeeping."""
+"""`python -m services.janitor [--once]`: periodic housekeeping.
+
+Every ``janitor_interval`` (default 5 min) one pass: drop expired partitions, create the
+next ones, empty the DEFAULT partitions, count Redis keys. ``--once`` runs one pass and
+exits 0, or non-zero when the pass failed (`make run` relies on it before starting).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 
-from services.janitor.retention import ensure_partitions
+from services.janitor.housekeeping import JanitorReport, run_once
 from shared.db import make_engine
 from shared.logging import get_logger
+from shared.redis import make_redis
 from shared.runner import run_worker
 from shared.settings import Settings
 
 log = get_logger("janitor")
 
 
-async def run(settings: Settings, stop: asyncio.Event, *, once: bool = False) -> None:
-    engine = make_engine(settings, pool_size=1)
-    try:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    once: bool = False,
+    on_report: Callable[[JanitorReport], None] | None = None,
+) -> None:
+    async with AsyncExitStack() as resources:
+        # One connection does the whole pass (it holds the session advisory lock); the
+        # overflow connection serves pool_pre_ping after a database restart.
+        engine = make_engine(settings, pool_size=1)
+        resources.push_async_callback(engine.dispose)
+        redis = make_redis(settings)
+        resources.push_async_callback(redis.aclose)
         while True:
-            created = await ensure_partitions(engine, settings)
-            log.info("partitions ensured", created=created)
+            try:
+                report = await run_once(engine, redis, settings)
+            except Exception:
+                if once:
+                    raise
+                # A database blip must not end the loop: the next pass retries.
+                log.exception("janitor run failed")
+            else:
+                if report.skipped:
+                    log.info(
+                        "janitor run skipped",
+                        skipped=True,
+                        reason="another janitor holds the advisory lock",
+                    )
+                else:
+                    log.info("janitor run", **report.as_dict())
+                if on_report is not None:
+                    on_report(report)
             if once:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.janitor_interval.total_seconds())
             if stop.is_set():
                 return
-    finally:
-        await engine.dispose()
 
 
 def main() -> None:
