@@ -16,8 +16,9 @@ depends_on: str | Sequence[str] | None = None
 
 # Creates the partitions of `parent` that cover [from_ts, to_ts), aligned on `width`
 # from the Unix epoch, named <parent>_pYYYYMMDD_HHMMSS (UTC). Existing ones are kept.
-# The janitor calls it on every run; the migration calls it once so a fresh database
-# can take rows at once.
+# The migration calls it once so a fresh database can take rows at once; from then on
+# the janitor (services/janitor/partitions.py) keeps partitions ahead of need, creating
+# only uncovered gaps so a change of partition width never overlaps existing ranges.
 ENSURE_PARTITIONS = """
 CREATE OR REPLACE FUNCTION hookstream_ensure_partitions(
     parent text, width interval, from_ts timestamptz, to_ts timestamptz

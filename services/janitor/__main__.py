@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from services.janitor.housekeeping import JanitorReport, run_once
 from shared.db import make_engine
 from shared.logging import get_logger
+from shared.metrics import serve_metrics
 from shared.redis import make_redis
 from shared.runner import run_worker
 from shared.settings import Settings
@@ -70,6 +71,8 @@ def main() -> None:
     args = parser.parse_args()
 
     async def _main(settings: Settings, stop: asyncio.Event) -> None:
+        if not args.once:
+            serve_metrics(settings.metrics_port, settings.metrics_host)
         await run(settings, stop, once=args.once)
 
     run_worker("janitor", Settings(), _main)
