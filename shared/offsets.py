@@ -12,8 +12,6 @@ which is exactly the at-least-once promise.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable
-from typing import Generic, TypeVar
 
 
 class PartitionOffsets:
@@ -71,54 +69,3 @@ class PartitionOffsets:
         if point is None or (self.committed is not None and point <= self.committed):
             return None
         return point
-
-
-K = TypeVar("K", bound=Hashable)
-
-
-class OffsetTracker(Generic[K]):
-    """``PartitionOffsets`` for every assigned partition.
-
-    A partition gets a fresh ``PartitionOffsets`` on every assignment: work that was
-    started under an earlier assignment finishes into its own (dropped) object and can
-    never move the new one's commit point.
-    """
-
-    def __init__(self) -> None:
-        self._parts: dict[K, PartitionOffsets] = {}
-
-    def assign(self, keys: Iterable[K]) -> None:
-        for key in keys:
-            self._parts[key] = PartitionOffsets()
-
-    def revoke(self, keys: Iterable[K]) -> None:
-        for key in keys:
-            self._parts.pop(key, None)
-
-    def get(self, key: K) -> PartitionOffsets | None:
-        return self._parts.get(key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._parts
-
-    def keys(self) -> list[K]:
-        return list(self._parts)
-
-    def items(self) -> list[tuple[K, PartitionOffsets]]:
-        return list(self._parts.items())
-
-    def due_commits(self, keys: Iterable[K] | None = None) -> dict[K, int]:
-        """Commit points that moved, for ``keys`` (default: every partition)."""
-        wanted = self._parts if keys is None else {k: self._parts[k] for k in keys if k in self}
-        due: dict[K, int] = {}
-        for key, part in wanted.items():
-            point = part.due_commit()
-            if point is not None:
-                due[key] = point
-        return due
-
-    def mark_committed(self, commits: dict[K, int]) -> None:
-        for key, point in commits.items():
-            part = self._parts.get(key)
-            if part is not None and (part.committed is None or point > part.committed):
-                part.committed = point

@@ -1,36 +1,69 @@
-"""`python -m services.dispatcher`: fan-out and delivery stages in one consumer group."""
+"""`python -m services.dispatcher`: fan-out and delivery stages in one consumer group.
+
+Scale out by running more processes (``HOOKSTREAM_DISPATCHER_PROCESSES`` for
+``make run``): the group shares the partitions between them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from shared.kafka import make_consumer
+from services.dispatcher.attempts import AttemptWriter
+from services.dispatcher.consumer import Dispatcher
+from services.dispatcher.delivery_stage import DeliveryStage
+from services.dispatcher.fanout import EventWriter, FanOutStage
+from services.dispatcher.resources import open_resources
 from shared.logging import get_logger
+from shared.metrics import serve_metrics
 from shared.runner import run_worker
 from shared.settings import Settings
-from shared.topics import Topics
 
 log = get_logger("dispatcher")
 
+# Rows left in a writer at shutdown get this long to reach the database.
+_FLUSH_TIMEOUT = 10.0
+
+
+def drain_timeout(settings: Settings) -> float:
+    """How long revoked or stopping work may take: one request's timeout plus slack for
+    its bookkeeping, capped so a rebalance never stalls the group for long."""
+    return min(settings.delivery_timeout + 2.0, 30.0)
+
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    topics = Topics.from_settings(settings)
-    consumer = make_consumer(
-        settings, topics.events, topics.deliveries, group_id=f"{settings.topic_prefix}.dispatcher"
-    )
-    await consumer.start()
-    try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, records in batches.items():
-                log.info(
-                    "skeleton: records seen, not yet delivered",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    count=len(records),
-                )
-    finally:
-        await consumer.stop()
+    serve_metrics(settings.metrics_port)
+    async with open_resources(settings) as res:
+        attempts = AttemptWriter(res.pg)
+        events = EventWriter(res.pg)
+        attempts.start()
+        events.start()
+        try:
+            dispatcher = Dispatcher(
+                res.consumer,
+                res.topics,
+                FanOutStage(res.topics, res.cache, res.producer, events, attempts),
+                DeliveryStage(
+                    settings=settings,
+                    topics=res.topics,
+                    cache=res.cache,
+                    http=res.http,
+                    producer=res.producer,
+                    attempts=attempts,
+                    sessions=res.sessions,
+                    redis=res.redis,
+                ),
+                drain_timeout=drain_timeout(settings),
+            )
+            log.info(
+                "dispatching",
+                max_in_flight=settings.max_in_flight,
+                max_in_flight_per_target=settings.max_in_flight_per_target,
+                allow_private_targets=settings.allow_private_targets,
+            )
+            await dispatcher.run(stop)
+        finally:
+            await events.close(_FLUSH_TIMEOUT)
+            await attempts.close(_FLUSH_TIMEOUT)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from shared.offsets import OffsetTracker, PartitionOffsets
+from shared.offsets import PartitionOffsets
 
 
 def test_nothing_started_means_nothing_to_commit() -> None:
@@ -105,39 +105,3 @@ def test_random_completion_order_matches_a_brute_force_model() -> None:
         first_unfinished = next((o for o in offsets if o not in finished), None)
         expected = first_unfinished if first_unfinished is not None else offsets[-1] + 1
         assert part.commit_point == expected
-
-
-def test_tracker_gives_each_assignment_a_fresh_partition() -> None:
-    tracker: OffsetTracker[str] = OffsetTracker()
-    tracker.assign(["a", "b"])
-    old = tracker.get("a")
-    assert old is not None
-    old.start(0)
-    old.start(1)
-    old.finish(1)
-    tracker.revoke(["a"])
-    tracker.assign(["a"])
-    new = tracker.get("a")
-    assert new is not None
-    assert new is not old
-    old.finish(0)  # late work from the old assignment cannot move the new one
-    assert new.commit_point is None
-    assert "a" in tracker
-    assert "c" not in tracker
-
-
-def test_tracker_due_commits_and_mark_committed() -> None:
-    tracker: OffsetTracker[str] = OffsetTracker()
-    tracker.assign(["a", "b"])
-    a, b = tracker.get("a"), tracker.get("b")
-    assert a is not None
-    assert b is not None
-    a.start(0)
-    a.finish(0)
-    b.start(4)
-    assert tracker.due_commits() == {"a": 1}
-    tracker.mark_committed({"a": 1})
-    assert tracker.due_commits() == {}
-    b.finish(4)
-    assert tracker.due_commits(["b"]) == {"b": 5}
-    assert tracker.due_commits(["a", "missing"]) == {}

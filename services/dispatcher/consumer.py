@@ -1,0 +1,298 @@
+"""The dispatcher's consumer loop: both stages, one consumer, one group.
+
+Records are fetched in offset order and each becomes a task (fan-out or delivery); tasks
+finish in any order. A record's offset is *finished* when its task returned, i.e. when
+everything it implies is durable (see the stages). Every 200 ms, and before partitions are
+revoked or the process stops, each partition commits its first unfinished offset
+(``shared.offsets``): a slow early record holds its partition's commit point back, and a
+crash replays from there. At-least-once, never auto-commit (design §3).
+
+Flow control is per partition: a partition with too many records not yet committable, or
+too many body bytes held, is paused (and the loop keeps polling, so the consumer stays in
+the group); it resumes at half. One slow target therefore stalls at most the partitions
+its jobs sit in, and memory stays bounded.
+
+Rebalances (eager protocol: every partition is revoked, then the new set assigned):
+``on_partitions_revoked`` cancels revoked jobs that have not started their request,
+waits up to ``drain_timeout`` for the rest, cancels what remains, commits what finished
+and forgets the partitions. A cancelled job was not committed, so the partition's next
+owner replays it. Shutdown does the same for every partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from services.dispatcher.delivery_stage import DeliveryStage, Progress
+from services.dispatcher.fanout import FanOutStage
+from shared.logging import get_logger
+from shared.metrics import CONSUMER_LAG
+from shared.offsets import PartitionOffsets
+from shared.records import DeliveryJob, EventRecord
+from shared.topics import Topics
+
+log = get_logger("dispatcher")
+
+COMMIT_INTERVAL = 0.2
+# Records per partition not yet committable before the partition is paused. At 3,000/s
+# this is well over half a second of work, so a healthy partition never pauses; it also
+# bounds what a crash replays.
+PARTITION_WINDOW = 2000
+# Body bytes held per partition before pausing it (bodies are up to 256 KiB each).
+PARTITION_BYTES = 16 * 1024 * 1024
+_RETRY_FIRST = 0.5
+_RETRY_MAX = 30.0
+
+
+class Partition(PartitionOffsets):
+    """One assigned partition: its offsets, plus what flow control needs."""
+
+    __slots__ = ("bytes", "paused", "tp")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        super().__init__()
+        self.tp = tp
+        self.bytes = 0
+        self.paused = False
+
+    def over_window(self) -> bool:
+        return self.pending >= PARTITION_WINDOW or self.bytes >= PARTITION_BYTES
+
+    def under_half(self) -> bool:
+        return self.pending <= PARTITION_WINDOW // 2 and self.bytes <= PARTITION_BYTES // 2
+
+
+@dataclass(slots=True)
+class Work:
+    part: Partition
+    offset: int
+    size: int
+    progress: Progress | None  # deliveries only: cancellable until the request starts
+
+
+class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        topics: Topics,
+        fanout: FanOutStage,
+        delivery: DeliveryStage,
+        *,
+        drain_timeout: float,
+    ) -> None:
+        self._consumer = consumer
+        self._topics = topics
+        self._fanout = fanout
+        self._delivery = delivery
+        self._drain_timeout = drain_timeout
+        self._parts: dict[TopicPartition, Partition] = {}
+        self._tasks: dict[asyncio.Task[None], Work] = {}
+        self._commit_lock = asyncio.Lock()
+
+    # --- main loop ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._consumer.subscribe([self._topics.events, self._topics.deliveries], listener=self)
+        committer = asyncio.create_task(self._commit_loop(), name="dispatcher-commit")
+        try:
+            await self._fetch_loop(stop)
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            in_flight = len(self._tasks)
+            abandoned = await self._drain(None)
+            await self._commit(None)
+            log.info("drained", in_flight=in_flight, abandoned=abandoned)
+
+    async def _fetch_loop(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        events_topic = self._topics.events
+        backoff = _RETRY_FIRST
+        while not stop.is_set():
+            try:
+                batches = await consumer.getmany(timeout_ms=100)
+            except KafkaError as exc:
+                log.warning("fetch failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _RETRY_MAX)
+                continue
+            backoff = _RETRY_FIRST
+            # No await from here to the end of the batch: a rebalance cannot interleave,
+            # so every record belongs to the assignment it was fetched under.
+            for tp, records in batches.items():
+                part = self._parts.get(tp)
+                if part is None:
+                    part = self._parts[tp] = Partition(tp)
+                is_event = tp.topic == events_topic
+                for record in records:
+                    if part.start(record.offset):
+                        self._submit(part, record.offset, record.value, record.headers, is_event)
+                if not part.paused and part.over_window():
+                    consumer.pause(tp)
+                    part.paused = True
+
+    def _submit(
+        self,
+        part: Partition,
+        offset: int,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        is_event: bool,
+    ) -> None:
+        progress: Progress | None = None
+        make: Callable[[], Coroutine[Any, Any, None]]
+        try:
+            if is_event:
+                event = EventRecord.decode(value, headers)
+                make = lambda: self._fanout.run(event)  # noqa: E731
+            else:
+                job = DeliveryJob.decode(value, headers)
+                progress = Progress()
+                run_delivery = self._delivery.run
+                make = lambda: run_delivery(job, progress)  # noqa: E731
+        except Exception as exc:  # RecordError and friends: a poison record
+            log.error(
+                "poison record skipped",
+                topic=part.tp.topic,
+                partition=part.tp.partition,
+                offset=offset,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            part.finish(offset)
+            return
+        size = len(value or b"")
+        part.bytes += size
+        task = asyncio.create_task(self._until_done(make, part, offset))
+        self._tasks[task] = Work(part, offset, size, progress)
+        task.add_done_callback(self._on_done)
+
+    async def _until_done(
+        self, make: Callable[[], Coroutine[Any, Any, None]], part: Partition, offset: int
+    ) -> None:
+        """Run a stage; an unexpected error (database or broker away) retries the whole
+        record after a pause, so it is neither lost nor blocking forever once the
+        dependency is back."""
+        backoff = _RETRY_FIRST
+        while True:
+            try:
+                await make()
+                return
+            except Exception as exc:
+                log.error(
+                    "record failed, will retry",
+                    topic=part.tp.topic,
+                    partition=part.tp.partition,
+                    offset=offset,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=backoff,
+                    exc_info=exc,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _RETRY_MAX)
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        work = self._tasks.pop(task)
+        part = work.part
+        part.bytes -= work.size
+        if task.cancelled():
+            return
+        part.finish(work.offset)
+        if part.paused and part.under_half() and self._parts.get(part.tp) is part:
+            part.paused = False
+            with contextlib.suppress(IllegalStateError):
+                self._consumer.resume(part.tp)
+
+    # --- commits ------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL)
+            await self._commit(None)
+            self._report_lag()
+
+    async def _commit(self, tps: Iterable[TopicPartition] | None) -> None:
+        parts = self._parts.values() if tps is None else [self._parts[tp] for tp in tps]
+        due = {p.tp: point for p in parts if (point := p.due_commit()) is not None}
+        if not due:
+            return
+        async with self._commit_lock:
+            try:
+                await self._consumer.commit(due)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group is rebalancing: whoever owns these partitions next replays
+                # from the last successful commit.
+                log.info("commit skipped", reason=f"{type(exc).__name__}: {exc}")
+                return
+            except KafkaError as exc:
+                log.warning("commit failed", error=f"{type(exc).__name__}: {exc}")
+                return
+        for tp, point in due.items():
+            part = self._parts.get(tp)
+            if part is not None and (part.committed is None or point > part.committed):
+                part.committed = point
+
+    def _report_lag(self) -> None:
+        lag: dict[str, int] = {}
+        for tp, part in self._parts.items():
+            high = self._consumer.highwater(tp)
+            point = part.commit_point
+            if high is not None and point is not None:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(high - point, 0)
+        for topic, value in lag.items():
+            CONSUMER_LAG.labels(topic).set(value)
+
+    # --- rebalance and shutdown ---------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        mine = [tp for tp in revoked if tp in self._parts]
+        if not mine:
+            return
+        started = time.monotonic()
+        try:
+            abandoned = await self._drain(set(mine))
+            await self._commit(mine)
+        finally:
+            for tp in mine:
+                self._parts.pop(tp, None)
+        log.info(
+            "partitions revoked",
+            partitions=len(mine),
+            abandoned=abandoned,
+            took_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Partition state is created when its first record arrives (always at the
+        # committed position), so there is nothing to set up here.
+        names = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
+        log.info("partitions assigned", partitions=names)
+
+    async def _drain(self, tps: set[TopicPartition] | None) -> int:
+        """Finish or abandon the work of ``tps`` (None: all). Returns how many were
+        abandoned while their request was in flight."""
+        tasks = [t for t, w in self._tasks.items() if tps is None or w.part.tp in tps]
+        if not tasks:
+            return 0
+        waiting: list[asyncio.Task[None]] = []
+        for task in tasks:
+            progress = self._tasks[task].progress
+            if progress is not None and not progress.sending:
+                task.cancel()  # nothing reached the target yet: replaying it is free
+            else:
+                waiting.append(task)
+        pending: set[asyncio.Task[None]] = set()
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=self._drain_timeout)
+            for task in pending:
+                task.cancel()
+        await asyncio.wait(tasks)
+        return len(pending)

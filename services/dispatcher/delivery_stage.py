@@ -1,0 +1,251 @@
+"""Delivery stage: one job from ``<prefix>.deliveries`` → one HTTP attempt → bookkeeping.
+
+``DeliveryStage.run`` returns once everything the attempt implies is durable: the
+attempt row is committed and any retry or dead-letter record is acknowledged. Only then
+may the caller count the job's offset as finished.
+
+Jobs whose subscription was deleted or deactivated since fan-out are not sent: they end
+as a FAILURE row (no status code, "not delivered: …") and no dead letter, because
+nothing was attempted. Refused targets (SSRF guard), 410 Gone and the last failed
+attempt end as FAILURE with a dead letter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from yarl import URL
+
+from services.dispatcher.attempts import AttemptWriter, attempt_row
+from services.dispatcher.delivery import (
+    Decision,
+    Outcome,
+    decide,
+    outcome_of_error,
+    outcome_of_response,
+    request_headers,
+)
+from services.dispatcher.limits import TargetLimits
+from services.dispatcher.publishing import OutRecord, publish_all
+from services.dispatcher.sender import post
+from shared.logging import get_logger
+from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, RETRIES
+from shared.models import AttemptStatus, Subscription
+from shared.records import DeliveryJob
+from shared.settings import Settings
+from shared.signing import standard_webhooks_key
+from shared.subscriptions import SubscriptionCache, SubscriptionView, notify_changed
+from shared.topics import Topics
+from shared.urlsafety import UnsafeTargetError, check_url
+
+log = get_logger("dispatcher.delivery")
+
+_DELIVERIES = {status: DELIVERIES.labels(status.value) for status in AttemptStatus}
+
+# Keys for the Standard Webhooks signature, one per distinct secret (a base64 decode
+# for whsec_ secrets); 4,096 subscriptions' worth of secrets stay hot.
+_signing_key = lru_cache(maxsize=4096)(standard_webhooks_key)
+
+_TARGET_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A subscription's URL, parsed and checked once (the per-target bound's key)."""
+
+    url: URL
+    key: str
+    refused: str | None = None
+
+
+class Progress:
+    """Set by the stage when the request starts: until then a job may be cancelled freely
+    (on a rebalance) because nothing has reached the target."""
+
+    __slots__ = ("sending",)
+
+    def __init__(self) -> None:
+        self.sending = False
+
+
+@dataclass(slots=True)
+class DeliveryStage:
+    settings: Settings
+    topics: Topics
+    cache: SubscriptionCache
+    http: aiohttp.ClientSession
+    producer: AIOKafkaProducer
+    attempts: AttemptWriter
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    limits: TargetLimits = dataclasses.field(init=False)
+    _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.limits = TargetLimits(
+            self.settings.max_in_flight, self.settings.max_in_flight_per_target
+        )
+
+    async def run(self, job: DeliveryJob, progress: Progress) -> None:
+        sub = await self.cache.get(job.subscription_id)
+        target_url = sub.target_url if sub is not None else ""
+        duration_ms: int | None = None
+        if sub is None:
+            outcome = Outcome.skipped("not delivered: subscription no longer exists")
+        elif not sub.is_active:
+            outcome = Outcome.skipped("not delivered: subscription is inactive")
+        else:
+            target = self._target(sub.target_url)
+            if target.refused is not None:
+                outcome = Outcome.refused(target.refused)
+            else:
+                outcome, duration_ms = await self._attempt(job, sub, target, progress)
+        await self._record(job, sub, target_url, outcome, duration_ms)
+
+    # --- the attempt --------------------------------------------------------------
+
+    async def _attempt(
+        self, job: DeliveryJob, sub: SubscriptionView, target: Target, progress: Progress
+    ) -> tuple[Outcome, int]:
+        limits = self.limits
+        await limits.acquire(target.key)
+        progress.sending = True
+        IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            secret = sub.secret_key
+            headers = request_headers(
+                job,
+                timestamp=int(time.time()),
+                secret=secret,
+                signing_key=_signing_key(secret) if secret is not None else None,
+            )
+            response = await post(
+                self.http,
+                target.url,
+                job.body,
+                headers,
+                excerpt_bytes=self.settings.response_excerpt_bytes,
+            )
+            outcome = outcome_of_response(response.status, response.retry_after, response.excerpt)
+        except Exception as exc:
+            outcome = outcome_of_error(exc, timeout=self.settings.delivery_timeout)
+        finally:
+            elapsed = time.perf_counter() - started
+            IN_FLIGHT.dec()
+            limits.release(target.key)
+        ATTEMPT_SECONDS.observe(elapsed)
+        return outcome, int(elapsed * 1000)
+
+    def _target(self, raw: str) -> Target:
+        target = self._targets.get(raw)
+        if target is None:
+            try:
+                url = check_url(raw, allow_private=self.settings.allow_private_targets)
+                target = Target(url, f"{url.host}:{url.port}")
+            except UnsafeTargetError as exc:
+                target = Target(URL(), "", f"blocked target (SSRF guard): {exc}")
+            except ValueError as exc:
+                target = Target(URL(), "", f"invalid target URL: {exc}")
+            if len(self._targets) >= _TARGET_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[raw] = target
+        return target
+
+    # --- what follows -------------------------------------------------------------
+
+    async def _record(
+        self,
+        job: DeliveryJob,
+        sub: SubscriptionView | None,
+        target_url: str,
+        outcome: Outcome,
+        duration_ms: int | None,
+    ) -> None:
+        now = datetime.now(UTC)
+        decision = decide(
+            outcome,
+            job,
+            topics=self.topics,
+            schedule=self.settings.retry_schedule,
+            jitter=self.settings.retry_jitter,
+            now=now,
+        )
+        row_durable = self.attempts.write(
+            attempt_row(
+                job,
+                target_url=target_url,
+                status=decision.status,
+                status_code=outcome.status_code,
+                error=decision.error,
+                duration_ms=duration_ms,
+                excerpt=outcome.excerpt,
+                now=now,
+            )
+        )
+        follow_up = self._follow_up(job, decision)
+        if follow_up:
+            await publish_all(self.producer, follow_up)
+        await row_durable
+        _DELIVERIES[decision.status].inc()
+        if decision.status is not AttemptStatus.SUCCESS:
+            self._log_failure(job, target_url, outcome, decision)
+        if decision.deactivate and sub is not None:
+            await self._deactivate(sub.id, decision.error or "deactivated")
+
+    def _follow_up(self, job: DeliveryJob, decision: Decision) -> list[OutRecord]:
+        if decision.retry is not None:
+            retry = decision.retry
+            RETRIES.labels(retry.topic.rsplit(".", 1)[-1]).inc()
+            nxt = job.next_attempt(retry.due_at, decision.error)
+            return [OutRecord(retry.topic, nxt.key, nxt.body, nxt.headers())]
+        if decision.dead_letter:
+            DLQ.inc()
+            dead = dataclasses.replace(job, last_error=decision.error)
+            return [OutRecord(self.topics.dlq, dead.key, dead.body, dead.headers())]
+        return []
+
+    async def _deactivate(self, subscription_id: uuid.UUID, reason: str) -> None:
+        async with self.sessions.begin() as session:
+            changed = await session.scalar(
+                update(Subscription)
+                .where(Subscription.id == subscription_id, Subscription.is_active.is_(True))
+                .values(is_active=False, deactivated_reason=reason[:500])
+                .returning(Subscription.id)
+            )
+        if changed is not None:
+            log.warning("subscription deactivated", subscription_id=str(subscription_id))
+        self.cache.invalidate()
+        await notify_changed(self.redis, self.settings.topic_prefix, subscription_id)
+
+    @staticmethod
+    def _log_failure(
+        job: DeliveryJob, target_url: str, outcome: Outcome, decision: Decision
+    ) -> None:
+        # The host only: a webhook URL's path or query often carries a token.
+        try:
+            host = URL(target_url).host if target_url else None
+        except ValueError:
+            host = None
+        log.info(
+            "delivery not successful",
+            delivery_id=str(job.delivery_id),
+            event_id=str(job.event_id),
+            subscription_id=str(job.subscription_id),
+            attempt=job.attempt,
+            status=decision.status.value,
+            status_code=outcome.status_code,
+            error=decision.error,
+            target_host=host,
+            next_attempt_due=decision.retry.due_at.isoformat() if decision.retry else None,
+        )

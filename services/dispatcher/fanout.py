@@ -1,0 +1,153 @@
+"""Fan-out stage: one event from ``<prefix>.events`` → one delivery job per subscription.
+
+Targeted events (``POST /ingest/{id}``) go to their subscription after re-checking that it
+still exists, is active and wants the event type; fan-out events (``POST /events``) go
+to every active subscription that matches, from the subscription cache. Jobs are keyed
+by subscription id with ``delivery_id = uuid5(event_id, subscription_id)``, so replaying
+an event after a crash reproduces the same ids.
+
+``FanOutStage.run`` returns once the event row is committed and every job is
+acknowledged by the broker: only then is the event's offset finished.
+
+A targeted event whose subscription no longer wants it was promised to the sender (202
+with a delivery id), so it ends with a FAILURE row saying why it was not delivered
+rather than silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.dispatcher.attempts import AttemptWriter, attempt_row, is_transient_db_error
+from services.dispatcher.batching import GroupCommit
+from services.dispatcher.publishing import OutRecord, publish_all
+from shared.logging import get_logger
+from shared.metrics import DELIVERIES
+from shared.models import AttemptStatus
+from shared.records import DeliveryJob, EventRecord
+from shared.subscriptions import SubscriptionCache, SubscriptionView
+from shared.topics import Topics
+
+log = get_logger("dispatcher.fanout")
+
+EventRow = tuple[Any, ...]
+
+# Re-running fan-out after a crash writes the same event again: keep the first.
+_INSERT_EVENTS = """
+INSERT INTO events (id, received_at, event_type, subscription_id, content_type, body)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[],
+                     $6::bytea[])
+ON CONFLICT (id, received_at) DO NOTHING
+"""
+
+
+class EventWriter:
+    """Event rows in batches: one multi-row INSERT per group-commit window."""
+
+    def __init__(self, pool: asyncpg.Pool, *, window: float = 0.02, max_rows: int = 1000):
+        self._pool = pool
+        self._batch: GroupCommit[EventRow] = GroupCommit(
+            "events",
+            self._insert,
+            is_transient=is_transient_db_error,
+            window=window,
+            max_items=max_rows,
+        )
+
+    def start(self) -> None:
+        self._batch.start()
+
+    async def close(self, grace: float) -> None:
+        await self._batch.close(grace)
+
+    def write(self, event: EventRecord) -> asyncio.Future[None]:
+        return self._batch.add(
+            (
+                event.event_id,
+                event.received_at,
+                event.event_type,
+                event.subscription_id,
+                event.content_type,
+                event.body,
+            )
+        )
+
+    async def _insert(self, rows: list[EventRow]) -> None:
+        columns = list(zip(*rows, strict=True))
+        async with self._pool.acquire() as conn:
+            await conn.execute(_INSERT_EVENTS, *columns)
+
+
+def not_wanted_reason(sub: SubscriptionView | None, event_type: str) -> str | None:
+    """Why a targeted event is not delivered to its subscription, or None to deliver."""
+    if sub is None:
+        return "not delivered: subscription no longer exists"
+    if not sub.is_active:
+        return "not delivered: subscription is inactive"
+    if not sub.wants(event_type):
+        return f"not delivered: subscription no longer accepts event type {event_type!r}"
+    return None
+
+
+@dataclass(slots=True)
+class FanOutStage:
+    topics: Topics
+    cache: SubscriptionCache
+    producer: AIOKafkaProducer
+    events: EventWriter
+    attempts: AttemptWriter
+
+    async def run(self, event: EventRecord) -> None:
+        row_durable = self.events.write(event)
+        if event.subscription_id is not None:
+            sub = await self.cache.get(event.subscription_id)
+            reason = not_wanted_reason(sub, event.event_type)
+            if reason is not None:
+                await self._not_delivered(event, sub, reason)
+                await row_durable
+                return
+            assert sub is not None
+            targets: Sequence[SubscriptionView] = (sub,)
+        else:
+            targets = self.cache.matching(event.event_type)
+        jobs = [DeliveryJob.for_event(event, sub.id) for sub in targets]
+        await publish_all(
+            self.producer,
+            [OutRecord(self.topics.deliveries, job.key, job.body, job.headers()) for job in jobs],
+        )
+        await row_durable
+        if event.subscription_id is None:
+            log.debug("fanned out", event_id=str(event.event_id), jobs=len(jobs))
+
+    async def _not_delivered(
+        self, event: EventRecord, sub: SubscriptionView | None, reason: str
+    ) -> None:
+        assert event.subscription_id is not None
+        job = DeliveryJob.for_event(event, event.subscription_id)
+        await self.attempts.write(
+            attempt_row(
+                job,
+                target_url=sub.target_url if sub is not None else "",
+                status=AttemptStatus.FAILURE,
+                status_code=None,
+                error=reason,
+                duration_ms=None,
+                excerpt=None,
+                now=datetime.now(UTC),
+            )
+        )
+        DELIVERIES.labels(AttemptStatus.FAILURE.value).inc()
+        log.info(
+            "targeted event not delivered",
+            event_id=str(event.event_id),
+            delivery_id=str(job.delivery_id),
+            subscription_id=str(event.subscription_id),
+            reason=reason,
+        )

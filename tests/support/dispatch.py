@@ -1,0 +1,225 @@
+"""Feeding and inspecting a dispatcher under test, as the other services would.
+
+Subscriptions go straight into the ``subscriptions`` table (the ingest API owns their
+HTTP routes), followed by the cache-invalidation message ingest sends; events are
+produced to the events topic exactly as ingest produces them (key, headers, the exact
+body bytes); attempt rows and topics are read back directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import make_engine, make_sessionmaker
+from shared.kafka import make_producer
+from shared.models import Subscription
+from shared.records import DeliveryJob, EventRecord, Headers
+from shared.redis import make_redis
+from shared.settings import Settings
+from shared.subscriptions import notify_changed
+from shared.topics import Topics
+
+Row = dict[str, Any]
+
+
+class DispatchWorld:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        self.group = f"{settings.topic_prefix}.dispatcher"
+        self.engine: AsyncEngine = make_engine(settings, pool_size=2)
+        self.sessions = make_sessionmaker(self.engine)
+        self.producer = make_producer(settings)
+        self.redis = make_redis(settings)
+
+    async def __aenter__(self) -> DispatchWorld:
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.producer.stop()
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+    # --- subscriptions ------------------------------------------------------------
+
+    async def add_subscription(
+        self,
+        target_url: str,
+        *,
+        secret: str | None = None,
+        event_types: Sequence[str] = (),
+        active: bool = True,
+    ) -> uuid.UUID:
+        sub_id = uuid.uuid4()
+        async with self.sessions.begin() as session:
+            session.add(
+                Subscription(
+                    id=sub_id,
+                    target_url=target_url,
+                    secret_key=secret,
+                    event_types=list(event_types),
+                    is_active=active,
+                )
+            )
+        await notify_changed(self.redis, self.settings.topic_prefix, sub_id)
+        return sub_id
+
+    async def add_subscriptions(
+        self, target_url: str, count: int, *, event_types: Sequence[str] = ()
+    ) -> list[uuid.UUID]:
+        ids = [uuid.uuid4() for _ in range(count)]
+        async with self.sessions.begin() as session:
+            session.add_all(
+                Subscription(id=i, target_url=target_url, event_types=list(event_types))
+                for i in ids
+            )
+        await notify_changed(self.redis, self.settings.topic_prefix, ids[0])
+        return ids
+
+    async def subscription(self, sub_id: uuid.UUID) -> Row:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT * FROM subscriptions WHERE id = :id"), {"id": sub_id}
+                )
+            ).one()
+        return dict(row._mapping)
+
+    async def delete_subscription(self, sub_id: uuid.UUID) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM subscriptions WHERE id = :id"), {"id": sub_id})
+        await notify_changed(self.redis, self.settings.topic_prefix, sub_id)
+
+    # --- producing, as ingest and the retry scheduler do --------------------------
+
+    @staticmethod
+    def event(
+        event_type: str,
+        body: bytes,
+        subscription_id: uuid.UUID | None = None,
+        content_type: str = "application/json",
+    ) -> EventRecord:
+        return EventRecord(
+            event_id=uuid.uuid4(),
+            event_type=event_type,
+            received_at=datetime.now(UTC),
+            content_type=content_type,
+            body=body,
+            subscription_id=subscription_id,
+        )
+
+    async def produce_event(self, event: EventRecord) -> int:
+        meta = await self.producer.send_and_wait(
+            self.topics.events, event.body, key=event.key, headers=event.headers()
+        )
+        return int(meta.offset)
+
+    async def produce_events(self, events: Sequence[EventRecord]) -> None:
+        acks = [
+            await self.producer.send(
+                self.topics.events, e.body, key=e.key, headers=e.headers()
+            )
+            for e in events
+        ]
+        await asyncio.gather(*acks)
+
+    async def produce_job(self, job: DeliveryJob, partition: int | None = None) -> Any:
+        return await self.producer.send_and_wait(
+            self.topics.deliveries,
+            job.body,
+            key=job.key,
+            headers=job.headers(),
+            partition=partition,
+        )
+
+    async def produce_raw(
+        self, topic: str, value: bytes, headers: Headers, key: bytes, partition: int | None = None
+    ) -> Any:
+        return await self.producer.send_and_wait(
+            topic, value, key=key, headers=headers, partition=partition
+        )
+
+    # --- reading back -------------------------------------------------------------
+
+    async def attempts(self, where: str = "true", **params: Any) -> list[Row]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(f"SELECT * FROM delivery_attempts WHERE {where} ORDER BY created_at"),  # noqa: S608
+                params,
+            )
+        return [dict(r._mapping) for r in rows]
+
+    async def wait_attempts(
+        self,
+        where: str,
+        *,
+        count: int = 1,
+        timeout: float = 30.0,
+        **params: Any,
+    ) -> list[Row]:
+        async with asyncio.timeout(timeout):
+            while len(rows := await self.attempts(where, **params)) < count:
+                await asyncio.sleep(0.1)
+        return rows
+
+    async def scalar(self, sql: str, **params: Any) -> Any:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(text(sql), params)).scalar()
+
+    async def read_topic(
+        self,
+        topic: str,
+        match: Callable[[DeliveryJob], bool],
+        *,
+        count: int = 1,
+        timeout: float = 30.0,
+    ) -> list[DeliveryJob]:
+        """Records of ``topic`` (decoded as jobs) that ``match``, read from the start."""
+        partitions = await self.partitions(topic)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning()
+            found: list[DeliveryJob] = []
+            async with asyncio.timeout(timeout):
+                while len(found) < count:
+                    batches = await consumer.getmany(timeout_ms=200)
+                    for records in batches.values():
+                        for r in records:
+                            job = DeliveryJob.decode(r.value, r.headers)
+                            if match(job):
+                                found.append(job)
+            return found
+        finally:
+            await consumer.stop()
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+
+    async def committed(self) -> dict[TopicPartition, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.group)
+        finally:
+            await admin.close()
+        return {tp: meta.offset for tp, meta in offsets.items()}
