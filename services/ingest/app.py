@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from fastapi import FastAPI
 
@@ -62,4 +62,24 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tools.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    _document_settings(app, settings)
     return app
+
+
+def _document_settings(app: FastAPI, settings: Settings) -> None:
+    """Limits that are settings show their configured value in the OpenAPI schema."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = base()
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("SubscriptionCreate", "SubscriptionUpdate"):
+                prop = components.get(name, {}).get("properties", {}).get("target_url", {})
+                for variant in [prop, *prop.get("anyOf", [])]:
+                    if variant.get("type") == "string":
+                        variant["maxLength"] = settings.max_url_length
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -6,17 +6,38 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
-# Event type names travel in a Kafka header and a text column; 200 characters is far
-# beyond any real name ("invoice.payment_failed" is 22).
-EventType = Annotated[str, Field(min_length=1, max_length=200)]
+
+def _storable(value: str) -> str:
+    """PostgreSQL text takes neither NUL nor lone surrogates (they would be a 500 later)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+# Event type names travel in a Kafka header and are matched against the x-webhook-event
+# request header, so they are printable ASCII without spaces; 200 characters is far beyond
+# any real name ("invoice.payment_failed" is 22).
+EventType = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
 # The hard ceiling of the schema; the effective limit is HOOKSTREAM_MAX_URL_LENGTH,
 # checked in the service because it is a setting.
 TargetUrl = Annotated[
-    str, Field(min_length=1, max_length=8192, examples=["https://example.com/hook"])
+    str,
+    Field(
+        min_length=1,
+        max_length=65536,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+",
+        examples=["https://example.com/hook"],
+        description="an absolute http or https URL, at most HOOKSTREAM_MAX_URL_LENGTH long",
+    ),
+    AfterValidator(_storable),
 ]
-SecretKey = Annotated[str, Field(min_length=1, max_length=1024)]
+SecretKey = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_storable)]
 
 MAX_EVENT_TYPES = 100
 
@@ -38,7 +59,7 @@ class SubscriptionCreate(_Strict):
         max_length=MAX_EVENT_TYPES,
         description="event types to deliver; empty = every type",
     )
-    is_active: bool = True
+    is_active: StrictBool = True
 
 
 class SubscriptionUpdate(_Strict):
@@ -47,7 +68,7 @@ class SubscriptionUpdate(_Strict):
     target_url: TargetUrl | None = None
     secret_key: SecretKey | None = None
     event_types: list[EventType] | None = Field(None, max_length=MAX_EVENT_TYPES)
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
 
 
 class SubscriptionOut(BaseModel):
