@@ -57,7 +57,9 @@ class Claim:
 
 
 def fingerprint(event_type: str, body: bytes) -> str:
-    return hashlib.blake2b(event_type.encode() + b"\0" + body, digest_size=16).hexdigest()
+    kind = event_type.encode()
+    digest = hashlib.blake2b(str(len(kind)).encode() + b":" + kind + body, digest_size=16)
+    return digest.hexdigest()
 
 
 class IdempotencyStore:

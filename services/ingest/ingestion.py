@@ -29,7 +29,12 @@ from services.ingest.errors import (
 )
 from services.ingest.idempotency import Claim, IdempotencyStore, StoredAnswer, fingerprint
 from services.ingest.publishing import Publisher
-from services.ingest.request_body import check_content_length, parse_json, read_body
+from services.ingest.request_body import (
+    check_content_length,
+    legacy_payload,
+    parse_json,
+    read_body,
+)
 from services.ingest.schemas import Accepted, EventAccepted, Filtered
 from shared.metrics import INGESTED
 from shared.records import EventRecord, delivery_id_for
@@ -86,10 +91,8 @@ class Ingestion:
         idempotency_key: str | None,
     ) -> tuple[Answer, bool]:
         """``POST /ingest/{id}``: returns ((status, body), replayed)."""
-        payload = parse_json(body)
-        if sub.secret_key is not None and not verify_hub_signature(
-            sub.secret_key, body, signature, payload
-        ):
+        parse_json(body)
+        if sub.secret_key is not None and not _signed(sub.secret_key, body, signature):
             raise InvalidSignature()
 
         if idempotency_key is None:
@@ -169,6 +172,16 @@ class Ingestion:
                 "message": "event accepted for fan-out to matching subscriptions",
             }
         )
+
+
+def _signed(secret: str, body: bytes, signature: str | None) -> bool:
+    """Over the raw body; failing that, over ``json.dumps(payload)`` as the original signed."""
+    if verify_hub_signature(secret, body, signature):
+        return True
+    if not signature:
+        return False
+    payload = legacy_payload(body)
+    return payload is not None and verify_hub_signature(secret, body, signature, payload)
 
 
 def _filtered(reason: str, message: str) -> Answer:

@@ -44,9 +44,8 @@ def _reject_constant(name: str) -> Any:
 def parse_json(body: bytes) -> Any:
     """The decoded payload, or InvalidJSON.
 
-    orjson first (fast); it refuses integers beyond 64 bits and lone surrogates, which
-    are valid JSON, so those few bodies go through the stdlib parser, minus the NaN and
-    Infinity it would otherwise let through.
+    orjson first (fast); it refuses lone surrogates, which are valid JSON, so those few
+    bodies go through the stdlib parser, minus the NaN and Infinity it would let through.
     """
     try:
         return orjson.loads(body)
@@ -56,6 +55,19 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body.decode(), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON() from None
+
+
+def legacy_payload(body: bytes) -> Any:
+    """The payload as the original service saw it (stdlib ``json``), for its signature form.
+
+    Not orjson's value: orjson turns integers beyond 64 bits into floats, and
+    ``json.dumps`` of those differs from what the original signed. Returns None when
+    the stdlib cannot decode it either (the legacy form then cannot match).
+    """
+    try:
+        return json.loads(body.decode(), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
 
 
 class _TooLarge(HTTPException):
