@@ -126,9 +126,7 @@ class DispatchWorld:
 
     async def produce_events(self, events: Sequence[EventRecord]) -> None:
         acks = [
-            await self.producer.send(
-                self.topics.events, e.body, key=e.key, headers=e.headers()
-            )
+            await self.producer.send(self.topics.events, e.body, key=e.key, headers=e.headers())
             for e in events
         ]
         await asyncio.gather(*acks)
@@ -202,6 +200,27 @@ class DispatchWorld:
                             job = DeliveryJob.decode(r.value, r.headers)
                             if match(job):
                                 found.append(job)
+            return found
+        finally:
+            await consumer.stop()
+
+    async def everything_in(self, topic: str) -> list[DeliveryJob]:
+        """Every record of ``topic`` up to its current end, decoded as jobs."""
+        partitions = await self.partitions(topic)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.seek_to_beginning()
+            found: list[DeliveryJob] = []
+            async with asyncio.timeout(30):
+                for tp in partitions:
+                    while await consumer.position(tp) < ends[tp]:
+                        records = (await consumer.getmany(tp, timeout_ms=200)).get(tp, [])
+                        found.extend(DeliveryJob.decode(r.value, r.headers) for r in records)
             return found
         finally:
             await consumer.stop()

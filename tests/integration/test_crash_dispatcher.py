@@ -1,0 +1,178 @@
+"""Crash safety: SIGKILL a dispatcher mid-stream; restart; nothing accepted is lost.
+
+Real processes throughout: the dispatcher(s) via ``python -m services.dispatcher``, the
+target as a separate sink process that counts every arrival per ``webhook-id``.
+Duplicates are expected after a crash (at-least-once) and are printed; losses are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.records import EventRecord, delivery_id_for
+from tests.support.dispatch import DispatchWorld
+from tests.support.procs import ServiceProcess, free_port
+from tests.support.stack import IsolatedStack
+from tests.support.targets import SinkProcess
+
+pytestmark = pytest.mark.slow
+
+TARGETED = 3000
+FANOUT_EVENTS = 10
+SUBSCRIPTIONS = 24
+
+
+@pytest.fixture(scope="module")
+def dstack() -> Iterator[IsolatedStack]:
+    stack = IsolatedStack()
+    stack.up()
+    yield stack
+    stack.down()
+
+
+@pytest.fixture
+async def world(dstack: IsolatedStack) -> AsyncIterator[DispatchWorld]:
+    async with DispatchWorld(dstack.settings()) as w:
+        yield w
+
+
+def start_dispatcher(
+    stack: IsolatedStack, log_dir: Path, metrics_port: int | None = None
+) -> ServiceProcess:
+    env = {"HOOKSTREAM_METRICS_PORT": str(metrics_port)} if metrics_port else {}
+    return ServiceProcess(stack, "dispatcher", log_dir=log_dir, **env)
+
+
+async def load(world: DispatchWorld, sink: SinkProcess) -> set[uuid.UUID]:
+    """Subscriptions and events as ingest would leave them; returns every delivery id
+    that must reach the sink."""
+    event_type = f"crash.{uuid.uuid4().hex[:8]}"
+    subs = [
+        await world.add_subscription(sink.url(f"/s/{i}"), secret=f"secret-{i}", event_types=[])
+        for i in range(SUBSCRIPTIONS)
+    ]
+    await asyncio.sleep(1.5)  # the dispatcher's cache reload (fan-out matches all of them)
+    events: list[EventRecord] = [
+        world.event(event_type, b'{"n": %d}' % n, subscription_id=subs[n % len(subs)])
+        for n in range(TARGETED)
+    ]
+    events += [world.event(event_type, b'{"fan": %d}' % n) for n in range(FANOUT_EVENTS)]
+    await world.produce_events(events)
+    expected = {
+        delivery_id_for(e.event_id, e.subscription_id)
+        for e in events[:TARGETED]
+        if e.subscription_id
+    }
+    expected |= {delivery_id_for(e.event_id, s) for e in events[TARGETED:] for s in subs}
+    return expected
+
+
+async def wait_for_sink(sink: SinkProcess, unique: int, timeout: float) -> dict[str, object]:
+    async with asyncio.timeout(timeout):
+        while (stats := sink.stats())["unique"] < unique:
+            await asyncio.sleep(0.05)
+    return stats
+
+
+async def assert_complete(
+    world: DispatchWorld, sink: SinkProcess, expected: set[uuid.UUID]
+) -> None:
+    await wait_for_sink(sink, len(expected), timeout=40)
+    arrivals = sink.arrivals()
+    seen = {uuid.UUID(k) for k in arrivals}
+    assert seen == expected, f"missing {len(expected - seen)}, unexpected {len(seen - expected)}"
+    duplicates = sum(len(v) - 1 for v in arrivals.values())
+    # Every delivery the target saw has its SUCCESS row: no attempt row lost.
+    ids = list(expected)
+    async with asyncio.timeout(20):
+        while (
+            rows := await world.scalar(
+                "SELECT count(DISTINCT delivery_id) FROM delivery_attempts "
+                "WHERE status = 'SUCCESS' AND delivery_id = ANY(:ids)",
+                ids=ids,
+            )
+        ) < len(expected):
+            await asyncio.sleep(0.2)
+    extra_rows = await world.scalar(
+        "SELECT count(*) - count(DISTINCT delivery_id) FROM delivery_attempts "
+        "WHERE delivery_id = ANY(:ids)",
+        ids=ids,
+    )
+    assert rows == len(expected)
+    print(
+        f"\n[crash] {len(expected)} webhooks, {len(seen)} delivered, "
+        f"{duplicates} duplicate requests, {rows} with a SUCCESS row, "
+        f"{extra_rows} duplicate attempt rows"
+    )
+
+
+def success_count(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    match = re.search(r'^hookstream_deliveries_total\{outcome="SUCCESS"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def assigned_partitions(proc: ServiceProcess) -> int:
+    lines = [line for line in proc.log().splitlines() if '"partitions assigned"' in line]
+    return lines[-1].count(".deliveries:") if lines else -1
+
+
+async def test_sigkill_mid_stream_then_restart_delivers_everything(
+    dstack: IsolatedStack, world: DispatchWorld, tmp_path: Path
+) -> None:
+    with SinkProcess(delay_ms=10) as sink:
+        first = start_dispatcher(dstack, tmp_path)
+        expected = await load(world, sink)
+        try:
+            at_kill = await wait_for_sink(sink, len(expected) // 3, timeout=30)
+            first.signal(signal.SIGKILL)
+            first.proc.wait(10)
+            first.stop()
+            print(f"\n[crash] SIGKILL after {at_kill['unique']} of {len(expected)} delivered")
+            second = start_dispatcher(dstack, tmp_path)
+            try:
+                await assert_complete(world, sink, expected)
+            finally:
+                assert second.stop() == 0, second.log()[-3000:]
+        finally:
+            first.stop()
+
+
+async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_dies(
+    dstack: IsolatedStack, world: DispatchWorld, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    with SinkProcess(delay_ms=10) as sink:
+        procs = [start_dispatcher(dstack, tmp_path, port) for port in ports]
+        try:
+            # Both members hold half the partitions before any work arrives.
+            async with asyncio.timeout(30):
+                while [assigned_partitions(p) for p in procs] != [2, 2]:
+                    await asyncio.sleep(0.2)
+            expected = await load(world, sink)
+            async with asyncio.timeout(30):
+                while min(success_count(p) for p in ports) == 0 or (
+                    sink.stats()["unique"] < len(expected) // 3
+                ):
+                    await asyncio.sleep(0.05)
+            shares = [success_count(p) for p in ports]
+            procs[0].signal(signal.SIGKILL)
+            procs[0].proc.wait(10)
+            started = time.monotonic()
+            print(f"\n[two] deliveries per process before the kill: {shares}")
+            await assert_complete(world, sink, expected)
+            print(f"[two] survivor finished {time.monotonic() - started:.1f}s after the kill")
+            assert assigned_partitions(procs[1]) == 4
+        finally:
+            codes = [p.stop() for p in procs]
+        assert codes[1] == 0, procs[1].log()[-3000:]
