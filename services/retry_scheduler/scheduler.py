@@ -342,7 +342,7 @@ async def run(
     """
     config = config or SchedulerSettings()
     topics = Topics.from_settings(settings)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     async with AsyncExitStack() as stack:
         producer = make_producer(settings)
         await producer.start()
