@@ -7,6 +7,7 @@ Scale out by running more processes (``HOOKSTREAM_DISPATCHER_PROCESSES`` for
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from services.dispatcher.attempts import AttemptWriter
 from services.dispatcher.consumer import Dispatcher
@@ -24,6 +25,21 @@ log = get_logger("dispatcher")
 _FLUSH_TIMEOUT = 10.0
 
 
+def tune_gc() -> None:
+    """Collect garbage less often, and never rescan start-up objects.
+
+    The hot path allocates a few hundred short-lived objects per delivery while thousands
+    of queued jobs stay alive, so CPython's default gen-0 threshold (700) ran a collection
+    every few deliveries and full ones scanned every module object. Measured on the
+    delivery-stage bench (20k jobs, 2 cores): 270-280 µs of CPU per delivery with the
+    defaults, 145-160 µs with this. Cycles are still collected, just in larger batches
+    (a full collection every ~100M allocations, about every two minutes at full load).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def drain_timeout(settings: Settings) -> float:
     """How long revoked or stopping work may take: one request's timeout plus slack for
     its bookkeeping, capped so a rebalance never stalls the group for long."""
@@ -31,12 +47,13 @@ def drain_timeout(settings: Settings) -> float:
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     async with open_resources(settings) as res:
         attempts = AttemptWriter(res.pg)
         events = EventWriter(res.pg)
         attempts.start()
         events.start()
+        tune_gc()
         try:
             dispatcher = Dispatcher(
                 res.consumer,
