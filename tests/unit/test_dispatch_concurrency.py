@@ -1,0 +1,150 @@
+"""Per-target and global bounds, and the group-commit writer (no I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.dispatcher.batching import GroupCommit
+from services.dispatcher.limits import TargetLimits
+
+
+async def test_per_target_bound_holds_and_a_saturated_target_does_not_starve_others() -> None:
+    limits = TargetLimits(total=4, per_target=2)
+    active: dict[str, int] = {"slow": 0, "fast": 0}
+    peak: dict[str, int] = {"slow": 0, "fast": 0}
+    slow_release = asyncio.Event()
+    fast_done = 0
+
+    async def call(target: str) -> None:
+        nonlocal fast_done
+        await limits.acquire(target)
+        try:
+            active[target] += 1
+            peak[target] = max(peak[target], active[target])
+            if target == "slow":
+                await slow_release.wait()
+            else:
+                await asyncio.sleep(0)
+                fast_done += 1
+        finally:
+            active[target] -= 1
+            limits.release(target)
+
+    slow = [asyncio.create_task(call("slow")) for _ in range(10)]
+    fast = [asyncio.create_task(call("fast")) for _ in range(10)]
+    # Ten slow jobs queue behind their own bound (2) and hold 2 of 4 global slots, so
+    # every fast job completes while the slow target is stuck.
+    await asyncio.wait_for(asyncio.gather(*fast), 2)
+    assert fast_done == 10
+    assert peak == {"slow": 2, "fast": 2}
+    slow_release.set()
+    await asyncio.wait_for(asyncio.gather(*slow), 2)
+    assert limits.active_targets() == 0
+
+
+async def test_cancelled_waiters_give_their_places_back() -> None:
+    limits = TargetLimits(total=1, per_target=1)
+    await limits.acquire("a")
+    waiter = asyncio.create_task(limits.acquire("a"))
+    other = asyncio.create_task(limits.acquire("b"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    limits.release("a")
+    await asyncio.wait_for(other, 1)
+    limits.release("b")
+    assert limits.active_targets() == 0
+
+
+def _writer(
+    flushed: list[list[int]],
+    *,
+    fail: set[int] | None = None,
+    transient_failures: int = 0,
+    window: float = 0.01,
+    max_items: int = 100,
+) -> GroupCommit[int]:
+    state = {"transient": transient_failures}
+
+    async def flush(items: list[int]) -> None:
+        if state["transient"]:
+            state["transient"] -= 1
+            raise ConnectionResetError("database went away")
+        if fail and fail & set(items):
+            raise ValueError("bad row")
+        flushed.append(list(items))
+
+    return GroupCommit(
+        "test",
+        flush,
+        is_transient=lambda exc: isinstance(exc, OSError),
+        window=window,
+        max_items=max_items,
+    )
+
+
+async def test_items_added_within_the_window_share_one_flush() -> None:
+    flushed: list[list[int]] = []
+    writer = _writer(flushed, window=0.05)
+    writer.start()
+    futures = [writer.add(i) for i in range(10)]
+    await asyncio.wait_for(asyncio.gather(*futures), 1)
+    assert flushed == [list(range(10))]
+    await writer.close(1)
+
+
+async def test_a_full_batch_flushes_before_the_window() -> None:
+    flushed: list[list[int]] = []
+    writer = _writer(flushed, window=10, max_items=5)
+    writer.start()
+    futures = [writer.add(i) for i in range(5)]
+    await asyncio.wait_for(asyncio.gather(*futures), 1)
+    assert flushed == [[0, 1, 2, 3, 4]]
+    await writer.close(1)
+
+
+async def test_transient_failures_retry_the_same_items_until_they_land() -> None:
+    flushed: list[list[int]] = []
+    writer = _writer(flushed, transient_failures=2)
+    writer.start()
+    futures = [writer.add(i) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert flushed == [[0, 1, 2]]
+    await writer.close(1)
+
+
+async def test_a_row_the_database_refuses_is_isolated_and_dropped_alone() -> None:
+    flushed: list[list[int]] = []
+    writer = _writer(flushed, fail={5})
+    writer.start()
+    futures = [writer.add(i) for i in range(8)]
+    await asyncio.wait_for(asyncio.gather(*futures), 2)
+    assert sorted(i for batch in flushed for i in batch) == [0, 1, 2, 3, 4, 6, 7]
+    await writer.close(1)
+
+
+async def test_a_cancelled_waiter_does_not_break_the_batch() -> None:
+    flushed: list[list[int]] = []
+    writer = _writer(flushed, window=0.05)
+    writer.start()
+    cancelled = writer.add(1)
+    kept = writer.add(2)
+    cancelled.cancel()
+    await asyncio.wait_for(kept, 1)
+    assert flushed == [[1, 2]]
+    await writer.close(1)
+
+
+async def test_close_flushes_what_is_buffered() -> None:
+    flushed: list[list[int]] = []
+    writer = _writer(flushed, window=10)
+    writer.start()
+    future = writer.add(7)
+    await writer.close(1)
+    assert future.done()
+    assert flushed == [[7]]
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.add(8)
