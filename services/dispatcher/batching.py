@@ -89,11 +89,11 @@ class GroupCommit(Generic[T]):
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
             if not self._items:
-                self._wake.clear()
                 if self._closing:
                     return
+                self._wake.clear()
+                await self._wake.wait()
                 continue
             remaining = self._first_at + self._window - time.monotonic()
             if remaining > 0 and not self._closing and len(self._items) < self._max_items:
