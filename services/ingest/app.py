@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
 from fastapi import FastAPI
 
-from services.ingest import health, ingestion, metrics, status, subscriptions, tools
+from services.ingest import events, health, metrics, status, subscriptions, tools
 from services.ingest.auth import check_api_key_configured, configured_key
 from services.ingest.errors import install_error_handlers
+from services.ingest.ingest_endpoint import add_ingest_route
 from services.ingest.request_body import BodyLimitMiddleware
 from services.ingest.resources import Resources, open_resources
 from shared import __version__
@@ -43,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         log = get_logger("ingest")
         async with open_resources(settings) as resources:
+            settle_heap()
             log.info("started", host=settings.http_host, port=settings.http_port)
             yield {"resources": resources}
         log.info("stopped")
@@ -56,7 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.api_key = configured_key(settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.include_router(ingestion.router)
+    add_ingest_route(app)
+    app.include_router(events.router)
     app.include_router(subscriptions.router)
     app.include_router(status.router)
     app.include_router(tools.router)
@@ -64,6 +68,20 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics.router)
     _document_settings(app, settings)
     return app
+
+
+def settle_heap() -> None:
+    """Once start-up is done: hide its objects from the collector, collect young ones less often.
+
+    Measured under wrk (32 connections, 2 cores): the ~120k objects that exist after
+    start-up (SQLAlchemy, pydantic, aiokafka, FastAPI) made each full collection a pause of
+    tens of ms, p99 77 → 30 ms once frozen; and with 32 requests in flight the default
+    young-generation threshold (700 allocations) collects every few requests, CPU per
+    request 217 → 184 µs at 10,000.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _document_settings(app: FastAPI, settings: Settings) -> None:

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from shared.logging import get_logger
@@ -187,6 +188,11 @@ def _safe_message(exc: BaseException) -> str:
     return str(exc)
 
 
+async def _on_client_disconnect(_: Request, __: Exception) -> Response:
+    # The client went away mid-body: nobody reads this answer, and it is no server error.
+    return Response(status_code=499)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error(
         "unhandled error",
@@ -203,4 +209,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HookstreamError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)

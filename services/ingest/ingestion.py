@@ -1,10 +1,11 @@
-"""Ingestion: ``POST /ingest/{subscription_id}`` (signed, targeted) and ``POST /events`` (fan-out).
+"""The ingest core behind ``POST /ingest/{id}`` (signed, targeted) and ``POST /events`` (fan-out).
 
-The hot path does no database query (subscriptions come from the in-process cache) and
-awaits nothing but the broker's ack: the response is 202 only once the record is on the
-topic (design §1). The record carries the exact body bytes; ``delivery_id`` is fixed here
-as ``uuid5(event_id, subscription_id)``, so the 202 names the ``webhook-id`` the target
-will see.
+It decides (signature, filter, idempotency), publishes and answers; the HTTP edges
+(ingest_endpoint.py, events.py) only decode and encode. The hot path does no database
+query (subscriptions come from the in-process cache) and awaits nothing but the broker's
+ack: the answer is 202 only once the record is on the topic (design §1). The record
+carries the exact body bytes; ``delivery_id`` is fixed here as ``uuid5(event_id,
+subscription_id)``, so the 202 names the ``webhook-id`` the target will see.
 """
 
 from __future__ import annotations
@@ -13,29 +14,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request
-from starlette.responses import Response
 
-from services.ingest.auth import require_api_key
-from services.ingest.errors import (
-    HookstreamError,
-    InvalidSignature,
-    NotFound,
-    Unprocessable,
-    error_responses,
-)
+from services.ingest.errors import HookstreamError, InvalidSignature, NotFound
 from services.ingest.idempotency import Claim, IdempotencyStore, StoredAnswer, fingerprint
 from services.ingest.publishing import Publisher
-from services.ingest.request_body import (
-    check_content_length,
-    legacy_payload,
-    parse_json,
-    read_body,
-)
-from services.ingest.schemas import Accepted, EventAccepted, Filtered
+from services.ingest.request_body import legacy_payload, parse_json
 from shared.metrics import INGESTED
 from shared.records import EventRecord, delivery_id_for
 from shared.settings import Settings
@@ -46,7 +31,9 @@ from shared.topics import Topics
 # A webhook without ``x-webhook-event`` gets this type: it reaches subscriptions that
 # take every type, and is filtered for those that list theirs.
 DEFAULT_EVENT_TYPE = "webhook"
-_MAX_CONTENT_TYPE = 255  # events.content_type is varchar(255)
+MAX_CONTENT_TYPE = 255  # events.content_type is varchar(255)
+MAX_EVENT_TYPE = 200
+MAX_IDEMPOTENCY_KEY = 255
 
 Answer = tuple[int, bytes]
 
@@ -55,6 +42,15 @@ _OUTCOMES = {
     for route in ("ingest", "events")
     for outcome in ("accepted", "filtered", "rejected", "unavailable", "replayed")
 }
+
+
+def count_answer(route: str, answer: Answer, replayed: bool) -> None:
+    outcome = "replayed" if replayed else "accepted" if answer[0] == 202 else "filtered"
+    _OUTCOMES[route, outcome].inc()
+
+
+def count_error(route: str, exc: HookstreamError) -> None:
+    _OUTCOMES[route, "unavailable" if exc.status_code >= 500 else "rejected"].inc()
 
 
 class Ingestion:
@@ -214,157 +210,3 @@ async def _answer_and_store(
         raise
     await store.store(claim, StoredAnswer(*result), print_)
     return result
-
-
-# --- HTTP ---------------------------------------------------------------------------
-
-router = APIRouter(tags=["ingestion"])
-
-_JSON_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "Any JSON document, at most HOOKSTREAM_MAX_BODY_BYTES. It is stored "
-        "and delivered byte for byte as received.",
-        "content": {"application/json": {"schema": {}}},
-    }
-}
-_REPLAYED_HEADER = {
-    "Idempotent-Replayed": {
-        "schema": {"type": "string"},
-        "description": "`true` when this is the stored answer to an earlier request",
-    }
-}
-
-SignatureHeader = Annotated[
-    str | None,
-    Header(
-        alias="x-hub-signature-256",
-        description="`sha256=<hex HMAC-SHA256 of the raw body>` with the subscription's "
-        "secret; required when it has one. An HMAC over Python's `json.dumps(payload)` "
-        "(default separators) is also accepted, for clients of the original service.",
-    ),
-]
-IdempotencyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="A repeat within HOOKSTREAM_IDEMPOTENCY_TTL returns the first answer "
-        "and publishes nothing; a repeat while the first is in flight gets 409.",
-    ),
-]
-
-
-def _content_type(request: Request) -> str:
-    value = request.headers.get("content-type") or "application/json"
-    if len(value) > _MAX_CONTENT_TYPE:
-        raise Unprocessable(["header", "content-type"], "too long")
-    return value
-
-
-def _respond(answer: Answer, replayed: bool) -> Response:
-    status, body = answer
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
-def _ingestion(request: Request) -> Ingestion:
-    ingestion: Ingestion = request.state.resources.ingestion
-    return ingestion
-
-
-@router.post(
-    "/ingest/{subscription_id}",
-    summary="Receive a signed webhook for one subscription",
-    status_code=202,
-    response_model=Accepted,
-    responses={
-        202: {"description": "Acknowledged by the broker", "headers": _REPLAYED_HEADER},
-        200: {
-            "model": Filtered,
-            "description": "Not delivered: the subscription is inactive or does not take "
-            "this event type. Nothing is published.",
-            "headers": _REPLAYED_HEADER,
-        },
-        **error_responses(400, 401, 404, 409, 413, 422, 503),
-    },
-    openapi_extra=_JSON_BODY,
-)
-async def ingest(
-    request: Request,
-    subscription_id: uuid.UUID,
-    x_hub_signature_256: SignatureHeader = None,
-    x_webhook_event: Annotated[
-        str | None,
-        Header(
-            alias="x-webhook-event",
-            min_length=1,
-            max_length=200,
-            description=f"the event type; `{DEFAULT_EVENT_TYPE}` when absent",
-        ),
-    ] = None,
-    idempotency_key: IdempotencyHeader = None,
-) -> Response:
-    """Authenticated by signature, not by API key. A malformed id is a 422."""
-    ingestion = _ingestion(request)
-    try:
-        check_content_length(request, ingestion.max_body_bytes)
-        sub = await ingestion.subscription(subscription_id)
-        body = await read_body(request, ingestion.max_body_bytes)
-        answer, replayed = await ingestion.targeted(
-            sub,
-            body,
-            signature=x_hub_signature_256,
-            event_type=x_webhook_event or DEFAULT_EVENT_TYPE,
-            content_type=_content_type(request),
-            idempotency_key=idempotency_key,
-        )
-    except HookstreamError as exc:
-        _count("ingest", exc)
-        raise
-    _OUTCOMES["ingest", _outcome(answer, replayed)].inc()
-    return _respond(answer, replayed)
-
-
-@router.post(
-    "/events",
-    summary="Publish an event to every active subscription that takes its type",
-    status_code=202,
-    response_model=EventAccepted,
-    dependencies=[Depends(require_api_key)],
-    responses={
-        202: {"description": "Acknowledged by the broker", "headers": _REPLAYED_HEADER},
-        **error_responses(400, 401, 409, 413, 422, 503),
-    },
-    openapi_extra=_JSON_BODY,
-)
-async def publish_event(
-    request: Request,
-    x_webhook_event: Annotated[str, Header(alias="x-webhook-event", min_length=1, max_length=200)],
-    idempotency_key: IdempotencyHeader = None,
-) -> Response:
-    ingestion = _ingestion(request)
-    try:
-        body = await read_body(request, ingestion.max_body_bytes)
-        answer, replayed = await ingestion.fanout(
-            body,
-            event_type=x_webhook_event,
-            content_type=_content_type(request),
-            idempotency_key=idempotency_key,
-        )
-    except HookstreamError as exc:
-        _count("events", exc)
-        raise
-    _OUTCOMES["events", _outcome(answer, replayed)].inc()
-    return _respond(answer, replayed)
-
-
-def _outcome(answer: Answer, replayed: bool) -> str:
-    if replayed:
-        return "replayed"
-    return "accepted" if answer[0] == 202 else "filtered"
-
-
-def _count(route: str, exc: HookstreamError) -> None:
-    _OUTCOMES[route, "unavailable" if exc.status_code >= 500 else "rejected"].inc()

@@ -7,15 +7,14 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest.errors import BadRequest, InvalidJSON, PayloadTooLarge, error_response
 
 
-def check_content_length(request: Request, limit: int) -> None:
-    """Refuse an oversized body before reading a byte of it."""
-    declared = request.headers.get("content-length")
+def check_declared_length(declared: bytes | None, limit: int) -> None:
+    """Refuse an oversized body by its Content-Length, before reading a byte of it."""
     if declared is None:
         return
     if not declared.isdigit():
@@ -24,17 +23,34 @@ def check_content_length(request: Request, limit: int) -> None:
         raise PayloadTooLarge(limit)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, at most ``limit`` bytes; a chunked upload is cut off at the limit."""
-    check_content_length(request, limit)
+def check_content_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    check_declared_length(declared.encode("latin-1") if declared is not None else None, limit)
+
+
+async def receive_body(receive: Receive, limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes; a chunked upload is cut off at the limit.
+
+    Callers check the declared Content-Length first (``check_declared_length``). Raises
+    ClientDisconnect when the client goes away mid-body.
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
 
 
 def _reject_constant(name: str) -> Any:

@@ -330,23 +330,23 @@ async def _insert_history(engine: AsyncEngine, sub_id: uuid.UUID) -> dict[str, A
     delivery_id = uuid.uuid5(event_id, str(sub_id))
     received = datetime.now(UTC) - timedelta(minutes=5)
     attempts = [
-        dict(
-            id=uuid.uuid4(),
-            created_at=received + timedelta(seconds=n),
-            delivery_id=delivery_id,
-            event_id=event_id,
-            subscription_id=sub_id,
-            target_url="https://e.com/",
-            event_type="a.created",
-            attempt_number=n,
-            status_code=code,
-            status=status,
-            error_details=error,
-            duration_ms=12,
-            response_excerpt="oops" if code == 500 else "ok",
-            trigger="ingest",
-            first_received_at=received,
-        )
+        {
+            "id": uuid.uuid4(),
+            "created_at": received + timedelta(seconds=n),
+            "delivery_id": delivery_id,
+            "event_id": event_id,
+            "subscription_id": sub_id,
+            "target_url": "https://e.com/",
+            "event_type": "a.created",
+            "attempt_number": n,
+            "status_code": code,
+            "status": status,
+            "error_details": error,
+            "duration_ms": 12,
+            "response_excerpt": "oops" if code == 500 else "ok",
+            "trigger": "ingest",
+            "first_received_at": received,
+        }
         for n, code, status, error in (
             (1, 500, "FAILED_ATTEMPT", "HTTP 500"),
             (2, None, "FAILED_ATTEMPT", "timeout"),
