@@ -486,3 +486,69 @@ async def test_another_process_sees_changes_within_a_second(
     finally:
         await other.stop()
         await redis.aclose()
+
+
+# --- OpenAPI ------------------------------------------------------------------------
+
+
+async def test_openapi_documents_every_route_header_and_error(ingest: IngestServer) -> None:
+    async with httpx.AsyncClient(base_url=ingest.url, timeout=15) as anonymous:
+        spec = (await anonymous.get("/openapi.json")).json()
+    paths = spec["paths"]
+    assert set(paths) >= {
+        "/ingest/{subscription_id}",
+        "/events",
+        "/subscriptions/",
+        "/subscriptions/{subscription_id}",
+        "/status/deliveries/{delivery_id}",
+        "/status/subscriptions/{subscription_id}/deliveries",
+        "/status/events/{event_id}",
+        "/tools/signature-generator",
+        "/health",
+        "/ready",
+        "/metrics",
+    }
+    ingest_op = paths["/ingest/{subscription_id}"]["post"]
+    params = {(p["in"], p["name"]) for p in ingest_op["parameters"]}
+    assert params == {
+        ("path", "subscription_id"),
+        ("header", "x-hub-signature-256"),
+        ("header", "x-webhook-event"),
+        ("header", "Idempotency-Key"),
+    }
+    assert set(ingest_op["responses"]) == {
+        "200",
+        "202",
+        "400",
+        "401",
+        "404",
+        "409",
+        "413",
+        "422",
+        "503",
+    }
+    assert "security" not in ingest_op  # authenticated by signature
+    assert "Retry-After" in ingest_op["responses"]["503"]["headers"]
+    events_op = paths["/events"]["post"]
+    assert {(p["in"], p["name"]) for p in events_op["parameters"]} == {
+        ("header", "x-webhook-event"),
+        ("header", "Idempotency-Key"),
+    }
+    # Authorization: Bearer, on every management route.
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer <HOOKSTREAM_API_KEY>`",
+    }
+    open_routes = {"/ingest/{subscription_id}", "/health", "/ready", "/metrics"}
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if path not in open_routes:
+                assert op.get("security") == [{"ApiKey": []}], (method, path)
+                assert "401" in op["responses"], (method, path)
+            if "{" in path:
+                assert "422" in op["responses"], (method, path)
+    assert (
+        spec["components"]["schemas"]["SubscriptionCreate"]["properties"]["target_url"]["maxLength"]
+        == 2048
+    )
