@@ -118,6 +118,11 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         events_topic = self._topics.events
         backoff = _RETRY_FIRST
         while not stop.is_set():
+            # Awaited inline, not in a task of its own: the records are then processed
+            # in the same step getmany returns in, so no rebalance callback can run in
+            # between and every record belongs to the assignment it was fetched under.
+            # (A poll blocks while the group rebalances, so a stop signal then waits
+            # for the rebalance to end; a second signal exits at once.)
             try:
                 batches = await consumer.getmany(timeout_ms=100)
             except KafkaError as exc:
@@ -126,8 +131,6 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
                 backoff = min(backoff * 2, _RETRY_MAX)
                 continue
             backoff = _RETRY_FIRST
-            # No await from here to the end of the batch: a rebalance cannot interleave,
-            # so every record belongs to the assignment it was fetched under.
             for tp, records in batches.items():
                 part = self._parts.get(tp)
                 if part is None:
@@ -272,7 +275,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         # Partition state is created when its first record arrives (always at the
-        # committed position), so there is nothing to set up here.
+        # committed position), so there is nothing else to set up here.
         names = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
         log.info("partitions assigned", partitions=names)
 

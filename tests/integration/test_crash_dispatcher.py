@@ -8,6 +8,7 @@ Duplicates are expected after a crash (at-least-once) and are printed; losses ar
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.records import EventRecord, delivery_id_for
 from tests.support.dispatch import DispatchWorld
@@ -46,9 +48,10 @@ async def world(dstack: IsolatedStack) -> AsyncIterator[DispatchWorld]:
 
 
 def start_dispatcher(
-    stack: IsolatedStack, log_dir: Path, metrics_port: int | None = None
+    stack: IsolatedStack, log_dir: Path, metrics_port: int | None = None, **env: str
 ) -> ServiceProcess:
-    env = {"HOOKSTREAM_METRICS_PORT": str(metrics_port)} if metrics_port else {}
+    if metrics_port:
+        env["HOOKSTREAM_METRICS_PORT"] = str(metrics_port)
     return ServiceProcess(stack, "dispatcher", log_dir=log_dir, **env)
 
 
@@ -122,9 +125,27 @@ def success_count(metrics_port: int) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def assigned_partitions(proc: ServiceProcess) -> int:
+def assigned(proc: ServiceProcess) -> list[TopicPartition]:
+    """The partitions a dispatcher was last assigned, from its log."""
     lines = [line for line in proc.log().splitlines() if '"partitions assigned"' in line]
-    return lines[-1].count(".deliveries:") if lines else -1
+    if not lines:
+        return []
+    names = json.loads(lines[-1])["partitions"]
+    return [TopicPartition(n.rsplit(":", 1)[0], int(n.rsplit(":", 1)[1])) for n in names]
+
+
+def assigned_partitions(proc: ServiceProcess) -> int:
+    return sum(tp.topic.endswith(".deliveries") for tp in assigned(proc))
+
+
+async def end_offsets(world: DispatchWorld, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=world.settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        return ends
+    finally:
+        await consumer.stop()
 
 
 async def test_sigkill_mid_stream_then_restart_delivers_everything(
@@ -152,8 +173,13 @@ async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_di
     dstack: IsolatedStack, world: DispatchWorld, tmp_path: Path
 ) -> None:
     ports = [free_port(), free_port()]
-    with SinkProcess(delay_ms=10) as sink:
-        procs = [start_dispatcher(dstack, tmp_path, port) for port in ports]
+    # 8 concurrent requests per process to a sink that takes 20 ms: the work lasts a few
+    # seconds, so the victim surely dies with unfinished partitions.
+    with SinkProcess(delay_ms=20) as sink:
+        procs = [
+            start_dispatcher(dstack, tmp_path, port, HOOKSTREAM_MAX_IN_FLIGHT_PER_TARGET="8")
+            for port in ports
+        ]
         try:
             # Both members hold half the partitions before any work arrives.
             async with asyncio.timeout(30):
@@ -166,10 +192,18 @@ async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_di
                 ):
                     await asyncio.sleep(0.05)
             shares = [success_count(p) for p in ports]
+            victim = assigned(procs[0])
             procs[0].signal(signal.SIGKILL)
             procs[0].proc.wait(10)
             started = time.monotonic()
             print(f"\n[two] deliveries per process before the kill: {shares}")
+            # The victim left work behind: its partitions' commit points are short of
+            # their ends, so whatever completes them is the survivor's doing.
+            committed = await world.committed()
+            ends = await end_offsets(world, victim)
+            left = sum(ends[tp] - committed.get(tp, 0) for tp in victim)
+            print(f"[two] records left uncommitted on the victim's partitions: {left}")
+            assert left > 0
             await assert_complete(world, sink, expected)
             print(f"[two] survivor finished {time.monotonic() - started:.1f}s after the kill")
             assert assigned_partitions(procs[1]) == 4
