@@ -184,3 +184,45 @@ class SignatureRequest(_Strict):
 class SignatureOut(BaseModel):
     x_hub_signature_256: str = Field(examples=["sha256=" + "0" * 64])
     signed_body: str = Field(description="the exact string that was signed: json.dumps(payload)")
+
+
+# --- redelivery and dead letters ----------------------------------------------------
+
+
+class RedeliveryAccepted(BaseModel):
+    status: Literal["accepted"]
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    subscription_id: uuid.UUID
+    trigger: Literal["manual-retry"]
+    message: str
+
+
+class ReplayAccepted(BaseModel):
+    status: Literal["accepted"]
+    subscription_id: uuid.UUID
+    since: datetime
+    replayed: int = Field(description="FAILURE deliveries published again (trigger=replay)")
+    expired: int = Field(description="FAILURE deliveries whose event body is past retention")
+    delivery_ids: list[uuid.UUID]
+    message: str
+
+
+class DeadLetter(BaseModel):
+    """A delivery whose latest attempt ended it with FAILURE."""
+
+    delivery_id: uuid.UUID
+    subscription_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    target_url: str
+    attempts: int = Field(description="attempt number of the final attempt in its series")
+    last_status_code: int | None
+    last_error: str | None
+    trigger: str
+    failed_at: datetime
+
+
+class DeadLetters(BaseModel):
+    count: int
+    items: list[DeadLetter] = Field(description="newest first")

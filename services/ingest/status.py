@@ -14,12 +14,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from services.ingest.auth import require_api_key
 from services.ingest.errors import NotFound, error_responses
 from services.ingest.resources import Resources
 from services.ingest.schemas import (
     AttemptOut,
+    DeadLetter,
+    DeadLetters,
     DeliveryStatus,
     EventDelivery,
     EventStatus,
@@ -156,6 +159,51 @@ async def event_status(session: AsyncSession, event_id: uuid.UUID) -> EventStatu
     )
 
 
+async def dead_letters(
+    session: AsyncSession, subscription_id: uuid.UUID | None, limit: int
+) -> DeadLetters:
+    """FAILURE rows that are still the latest word on their delivery, newest first.
+
+    Walks FAILURE rows by time (ix_attempts_created_status) and skips any delivery with a
+    later attempt (a manual retry or replay since), found through ix_attempts_delivery.
+    """
+    later = aliased(DeliveryAttempt)
+    superseded = (
+        select(later.id)
+        .where(
+            later.delivery_id == DeliveryAttempt.delivery_id,
+            later.created_at > DeliveryAttempt.created_at,
+        )
+        .exists()
+    )
+    query = select(DeliveryAttempt).where(
+        DeliveryAttempt.status == AttemptStatus.FAILURE.value, ~superseded
+    )
+    if subscription_id is not None:
+        query = query.where(DeliveryAttempt.subscription_id == subscription_id)
+    rows = (
+        (await session.execute(query.order_by(DeliveryAttempt.created_at.desc()).limit(limit)))
+        .scalars()
+        .all()
+    )
+    items = [
+        DeadLetter(
+            delivery_id=r.delivery_id,
+            subscription_id=r.subscription_id,
+            event_id=r.event_id,
+            event_type=r.event_type,
+            target_url=r.target_url,
+            attempts=r.attempt_number,
+            last_status_code=r.status_code,
+            last_error=r.error_details,
+            trigger=r.trigger,
+            failed_at=r.created_at,
+        )
+        for r in rows
+    ]
+    return DeadLetters(count=len(items), items=items)
+
+
 # --- HTTP ---------------------------------------------------------------------------
 
 router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
@@ -201,3 +249,18 @@ async def get_subscription_deliveries(
 async def get_event(event_id: uuid.UUID, request: Request) -> Any:
     async with _res(request).sessions() as session:
         return await event_status(session, event_id)
+
+
+@router.get(
+    "/dlq",
+    response_model=DeadLetters,
+    summary="Dead letters: deliveries that ended FAILURE, with their last error",
+    responses=error_responses(401, 422),
+)
+async def get_dead_letters(
+    request: Request,
+    subscription_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOGS)] = 100,
+) -> Any:
+    async with _res(request).sessions() as session:
+        return await dead_letters(session, subscription_id, limit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from services.ingest.errors import (
 )
 from services.ingest.idempotency import fingerprint
 from services.ingest.ingestion import _signed
+from services.ingest.redelivery import parse_since
 from services.ingest.request_body import parse_json
 from services.ingest.schemas import SignatureRequest, SubscriptionCreate
 from services.ingest.subscriptions import check_target_url
@@ -224,3 +226,30 @@ def test_signature_over_raw_body_or_the_original_json_dumps_form(body: bytes) ->
     assert not _signed("k", body, None)
     assert not _signed("k", body, "")
     assert not _signed("k", body, "sha256=")
+
+
+# --- replay's `since` ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-31T12:00:00Z", datetime(2026, 1, 31, 12, tzinfo=UTC)),
+        ("2026-01-31t12:00:00z", datetime(2026, 1, 31, 12, tzinfo=UTC)),
+        ("2026-01-31T13:00:00.123456789+01:00", datetime(2026, 1, 31, 12, 0, 0, 123456, UTC)),
+    ],
+)
+def test_since_takes_rfc3339(text: str, expected: datetime) -> None:
+    assert parse_since(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "-2.2e-311", "2026-01-31", "2026-01-31T12:00:00", "2026-13-01T00:00:00Z", ""]
+)
+def test_since_refuses_the_rest(text: str) -> None:
+    with pytest.raises(Unprocessable):
+        parse_since(text)
+
+
+def test_since_defaults_to_a_day() -> None:
+    assert abs(parse_since(None) - (datetime.now(UTC) - timedelta(hours=24))) < timedelta(seconds=5)
