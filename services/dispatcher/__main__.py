@@ -14,6 +14,7 @@ from services.dispatcher.consumer import Dispatcher
 from services.dispatcher.delivery_stage import DeliveryStage
 from services.dispatcher.fanout import EventWriter, FanOutStage
 from services.dispatcher.resources import open_resources
+from shared.breaker import BreakerConfig, CircuitBreaker
 from shared.logging import get_logger
 from shared.metrics import serve_metrics
 from shared.runner import run_worker
@@ -68,6 +69,12 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                     attempts=attempts,
                     sessions=res.sessions,
                     redis=res.redis,
+                    breaker=CircuitBreaker(
+                        res.redis,
+                        settings.topic_prefix,
+                        # A probe's lease must outlast the request it lets through.
+                        BreakerConfig(probe_lease=max(15.0, settings.delivery_timeout + 5)),
+                    ),
                 ),
                 drain_timeout=drain_timeout(settings),
             )

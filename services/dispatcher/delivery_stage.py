@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -38,10 +39,12 @@ from services.dispatcher.delivery import (
 from services.dispatcher.limits import TargetLimits
 from services.dispatcher.publishing import OutRecord, publish_all
 from services.dispatcher.sender import post
+from shared.breaker import CircuitBreaker, target_of
 from shared.logging import get_logger
 from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, RETRIES
 from shared.models import AttemptStatus, Subscription
 from shared.records import DeliveryJob
+from shared.retry_policy import next_retry
 from shared.settings import Settings
 from shared.signing import standard_webhooks_key
 from shared.subscriptions import SubscriptionCache, SubscriptionView, notify_changed
@@ -61,7 +64,8 @@ _TARGET_CACHE_SIZE = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A subscription's URL, parsed and checked once (the per-target bound's key)."""
+    """A subscription's URL, parsed and checked once. ``key`` is its ``host:port``: the
+    unit of the per-target bound and of the circuit breaker."""
 
     url: URL
     key: str
@@ -88,6 +92,7 @@ class DeliveryStage:
     attempts: AttemptWriter
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
+    breaker: CircuitBreaker | None = None
     limits: TargetLimits = dataclasses.field(init=False)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
 
@@ -95,6 +100,12 @@ class DeliveryStage:
         self.limits = TargetLimits(
             self.settings.max_in_flight, self.settings.max_in_flight_per_target
         )
+
+    def _breaker_allow(self) -> Callable[[str], Awaitable[bool]] | None:
+        """The breaker's ``allow``, when jobs have a tier to wait on while it is open."""
+        if self.breaker is None or not self.settings.retry_schedule:
+            return None
+        return self.breaker.allow
 
     async def run(self, job: DeliveryJob, progress: Progress) -> None:
         sub = await self.cache.get(job.subscription_id)
@@ -108,8 +119,17 @@ class DeliveryStage:
             target = self._target(sub.target_url)
             if target.refused is not None:
                 outcome = Outcome.refused(target.refused)
+            elif (allow := self._breaker_allow()) is not None and not await allow(target.key):
+                await self._defer(job, target)
+                return
             else:
                 outcome, duration_ms = await self._attempt(job, sub, target, progress)
+                if self.breaker is not None and (outcome.status_code or outcome.retryable):
+                    # A target that answered below 500 is alive, whatever it thought of
+                    # the request; timeouts, connection errors and 5xx count against it.
+                    # A refused target (SSRF guard) says nothing about its health.
+                    alive = outcome.status_code is not None and outcome.status_code < 500
+                    await self.breaker.record(target.key, alive)
         await self._record(job, sub, target_url, outcome, duration_ms)
 
     # --- the attempt --------------------------------------------------------------
@@ -152,7 +172,7 @@ class DeliveryStage:
         if target is None:
             try:
                 url = check_url(raw, allow_private=self.settings.allow_private_targets)
-                target = Target(url, f"{url.host}:{url.port}")
+                target = Target(url, target_of(raw))
             except UnsafeTargetError as exc:
                 target = Target(URL(), "", f"blocked target (SSRF guard): {exc}")
             except ValueError as exc:
@@ -161,6 +181,35 @@ class DeliveryStage:
                 self._targets.clear()
             self._targets[raw] = target
         return target
+
+    async def _defer(self, job: DeliveryJob, target: Target) -> None:
+        """The target's breaker is open: no request, no attempt used up. The job waits on
+        the tier of its current attempt's delay and comes back with the same number."""
+        schedule = self.settings.retry_schedule
+        now = datetime.now(UTC)
+        retry = next_retry(
+            attempt=min(job.attempt, len(schedule)),
+            schedule=schedule,
+            topics=self.topics,
+            now=now,
+            jitter=self.settings.retry_jitter,
+        )
+        assert retry is not None  # the schedule is not empty (see _breaker_allow)
+        reason = f"circuit open for {target.key}: not attempted"
+        waiting = dataclasses.replace(job, due_at=retry.due_at, last_error=reason)
+        await publish_all(
+            self.producer,
+            [OutRecord(retry.topic, waiting.key, waiting.body, waiting.headers())],
+        )
+        RETRIES.labels(retry.topic.rsplit(".", 1)[-1]).inc()
+        log.info(
+            "delivery deferred",
+            delivery_id=str(job.delivery_id),
+            subscription_id=str(job.subscription_id),
+            attempt=job.attempt,
+            target=target.key,
+            due_at=retry.due_at.isoformat(),
+        )
 
     # --- what follows -------------------------------------------------------------
 

@@ -447,3 +447,30 @@ async def _tick() -> None:
 async def _settle() -> None:
     """Asserting that something did *not* happen needs a moment for it to have happened."""
     await asyncio.sleep(1.0)
+
+
+async def test_an_open_circuit_defers_jobs_without_a_request_or_a_used_attempt(
+    world: DispatchWorld,
+) -> None:
+    # Its own server: the breaker is per host:port, so no other test's target trips it.
+    async with TargetServer() as down:
+        down.reply("/down", 503)
+        sub = await world.add_subscription(down.url("/down"))
+        first = [DeliveryJob.for_event(world.event(kind(), BODY), sub) for _ in range(5)]
+        for job in first:
+            await world.produce_job(job)
+        # Five failures within a minute open the breaker (shared/breaker.py defaults).
+        await world.wait_attempts("subscription_id = :s", s=sub, count=5)
+        later = [DeliveryJob.for_event(world.event(kind(), BODY), sub) for _ in range(3)]
+        for job in later:
+            await world.produce_job(job)
+        ids = {j.delivery_id for j in later}
+        deferred = await world.read_topic(
+            world.topics.retry_topics[0], lambda j: j.delivery_id in ids, count=len(ids)
+        )
+        assert {j.attempt for j in deferred} == {1}  # no attempt used up
+        assert all((j.last_error or "").startswith("circuit open") for j in deferred)
+        assert all(j.due_at is not None for j in deferred)
+        await _settle()
+        assert len(down.received("/down")) == 5
+        assert await world.attempts("delivery_id = ANY(:ids)", ids=list(ids)) == []
