@@ -36,7 +36,7 @@ THREADS = 1
 CONNECTIONS = 32
 DURATION_S = 10
 WARMUP_S = 3
-ROUNDS = 2
+ROUNDS = 3
 HMAC_KEY = "bench-secret"
 # A typical small webhook (~300 bytes).
 BODY = json.dumps(
@@ -109,6 +109,13 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (from /proc), robust to a noisy machine."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, script: Path, duration: int) -> dict[str, Any]:
     out = subprocess.run(
         [WRK, f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "-s", str(script), url],
@@ -177,16 +184,19 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
             if url == ours_url:
                 accepted += warm["requests"] - warm["non2xx"]
         runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ours": []}
+        pids = {"bare": bare.pid, "ours": ours.proc.proc.pid}
         for _ in range(ROUNDS):
             for name, url in (("bare", bare_url), ("ours", ours_url)):
+                cpu_before = cpu_seconds(pids[name])
                 result = wrk(url, script, DURATION_S)
+                result["cpu_us"] = (cpu_seconds(pids[name]) - cpu_before) / result["requests"] * 1e6
                 runs[name].append(result)
                 if name == "ours":
                     accepted += result["requests"] - result["non2xx"]
                 print(
                     f"[bench] ingest {name}: {result['rps']:.0f} req/s "
                     f"p50 {result['p50_us'] / 1000:.2f} ms p99 {result['p99_us'] / 1000:.2f} ms "
-                    f"non2xx {result['non2xx']}",
+                    f"non2xx {result['non2xx']} cpu {result['cpu_us']:.0f} µs/req",
                     file=sys.stderr,
                 )
         on_topic = asyncio.run(_topic_count(stack))
@@ -197,16 +207,32 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
         bare.wait(20)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    best = {name: max(rs, key=lambda r: r["rps"]) for name, rs in runs.items()}
-    o, b = best["ours"], best["bare"]
-    settings = f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION_S}s, best of {ROUNDS} alternating"
+    # This box is shared: a neighbour's load lands on one round, not the other. The pairs
+    # (bare, then ours, back to back) are compared, and the median round is reported.
+    ratios = sorted(
+        o["rps"] / b["rps"] * 100 for o, b in zip(runs["ours"], runs["bare"], strict=True)
+    )
+    median = {name: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for name, rs in runs.items()}
+    o, b = median["ours"], median["bare"]
+    settings = f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION_S}s, median of {ROUNDS} rounds"
     errors = sum(
         r["non2xx"] + r["connect"] + r["read"] + r["write"] + r["timeout"] for r in runs["ours"]
     )
+    rounds = {name: ", ".join(f"{r['rps']:.0f}" for r in rs) for name, rs in runs.items()}
+    cpu = {name: sum(r["cpu_us"] for r in rs) / len(rs) for name, rs in runs.items()}
     rows = [
         _row("ingest_rps", o["rps"], "req/s", f"signed POST /ingest, broker ack; {settings}"),
         _row("bare_rps", b["rps"], "req/s", f"FastAPI 202 without work; {settings}"),
-        _row("ingest_vs_bare", o["rps"] / b["rps"] * 100, "%", "target ≥ 60 %"),
+        _row(
+            "ingest_vs_bare",
+            ratios[len(ratios) // 2],
+            "%",
+            "target ≥ 60 %; median of back-to-back pairs "
+            f"({', '.join(f'{r:.0f}' for r in ratios)}); rounds ours {rounds['ours']}, "
+            f"bare {rounds['bare']} req/s",
+        ),
+        _row("ingest_cpu", cpu["ours"], "µs/request", "server process CPU, mean of rounds"),
+        _row("bare_cpu", cpu["bare"], "µs/request", "server process CPU, mean of rounds"),
         _row("ingest_p50", o["p50_us"] / 1000, "ms", f"{CONNECTIONS} connections"),
         _row("ingest_p99", o["p99_us"] / 1000, "ms", f"{CONNECTIONS} connections"),
         _row("bare_p50", b["p50_us"] / 1000, "ms", f"{CONNECTIONS} connections"),
@@ -216,7 +242,8 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
             "records_on_topic",
             on_topic,
             "records",
-            f"{accepted} answered 2xx; every 202 is a record (equal when no retry duplicated)",
+            f"{accepted} answered 2xx; wrk stops with up to {CONNECTIONS} requests in flight per "
+            "run, published but not counted",
         ),
     ]
     if "Traceback" in log:
