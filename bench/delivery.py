@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -271,6 +273,57 @@ async def _ingest_load(
         return await _collect(world, sink, n, accepted, started, ingested)
 
 
+WRK = shutil.which("wrk")
+WRK_SECONDS = 5
+_WRK_LUA = """
+local targets = {%s}
+local i = 0
+wrk.method = "POST"
+wrk.body = %s
+wrk.headers["content-type"] = "application/json"
+wrk.headers["x-webhook-event"] = "order.created"
+request = function()
+  i = i + 1
+  local t = targets[(i %% #targets) + 1]
+  wrk.headers["x-hub-signature-256"] = t[2]
+  return wrk.format(nil, t[1])
+end
+"""
+
+
+async def _ingest_load_wrk(
+    stack: IsolatedStack, sink: SinkProcess, port: int
+) -> tuple[float, float, dict[str, float]]:
+    """wrk (C, cheap on CPU) drives ingest for WRK_SECONDS; every accepted webhook must
+    reach the sink. Accepted = what ingest put on the events topic."""
+    async with DispatchWorld(stack.settings()) as world:
+        secrets = [f"e2e-secret-{i}" for i in range(SUBSCRIPTIONS)]
+        subs = [
+            await world.add_subscription(sink.url(f"/e2e/{i}"), secret=s)
+            for i, s in enumerate(secrets)
+        ]
+        b = body(0)
+        signatures = [hmac.new(s.encode(), b, hashlib.sha256).hexdigest() for s in secrets]
+        targets = ", ".join(
+            f'{{"/ingest/{sub}", "sha256={sig}"}}'
+            for sub, sig in zip(subs, signatures, strict=True)
+        )
+        before = await _end_offsets(world, world.topics.events)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+            script.write(_WRK_LUA % (targets, json.dumps(b.decode())))
+            script.flush()
+            assert WRK is not None
+            started = time.time()
+            subprocess.run(
+                [WRK, "-t1", f"-c{CONCURRENCY}", f"-d{WRK_SECONDS}s", "-s", script.name,
+                 f"http://127.0.0.1:{port}"],
+                check=True, capture_output=True, timeout=WRK_SECONDS + 60,
+            )  # fmt: skip
+            ingested = time.time()
+        n = await _end_offsets(world, world.topics.events) - before
+        return await _collect(world, sink, n, None, started, ingested)
+
+
 async def _produce_load(
     stack: IsolatedStack, sink: SinkProcess, n: int, pace: float | None = None
 ) -> tuple[float, float, dict[str, float]]:
@@ -306,7 +359,7 @@ async def _collect(
     world: DispatchWorld,
     sink: SinkProcess,
     n: int,
-    accepted: list[str],
+    accepted: list[str] | None,
     started: float,
     ingested: float,
 ) -> tuple[float, float, dict[str, float]]:
@@ -317,7 +370,8 @@ async def _collect(
     last = max(min(ts) for ts in arrivals.values())
     rows = await world.attempts("status = 'SUCCESS' AND event_type = 'order.created'")
     received = {str(r["delivery_id"]): r["first_received_at"].timestamp() for r in rows}
-    latencies = sorted((min(arrivals[d]) - received[d]) * 1000 for d in accepted if d in received)
+    ids = accepted if accepted is not None else list(arrivals)
+    latencies = sorted((min(arrivals[d]) - received[d]) * 1000 for d in ids if d in received)
     q = statistics.quantiles(latencies, n=100)
     return (
         n / (last - started),
@@ -333,13 +387,16 @@ def end_to_end(
     *,
     via_ingest: bool,
     pace: float | None = None,
+    dispatchers: int = 1,
 ) -> tuple[float, float, dict[str, float]] | None:
     """None when ingest cannot be started (its API is being built alongside)."""
     asyncio.run(_clear_attempts(stack))
     sink.reset()
     port = free_port()
     with tempfile.TemporaryDirectory() as logs:
-        procs = [ServiceProcess(stack, "dispatcher", log_dir=Path(logs))]
+        procs = [
+            ServiceProcess(stack, "dispatcher", log_dir=Path(logs)) for _ in range(dispatchers)
+        ]
         try:
             if via_ingest:
                 ingest = ServiceProcess(
@@ -351,6 +408,8 @@ def end_to_end(
                     return None
             if via_ingest:
                 time.sleep(2)  # the dispatcher joins its group
+                if WRK is not None:
+                    return asyncio.run(_ingest_load_wrk(stack, sink, port))
                 return asyncio.run(_ingest_load(stack, sink, port, n))
             return asyncio.run(_produce_load(stack, sink, n, pace))
         finally:
@@ -403,7 +462,10 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
             rate, front, latency = result
             how = "via ingest" if via_ingest else "events topic → sink"
             source = (
-                f"{N_E2E:,} signed POST /ingest/{{id}} at {CONCURRENCY} concurrent; "
+                f"signed POST /ingest/{{id}} from wrk, {CONCURRENCY} connections, "
+                f"{WRK_SECONDS} s: {front * WRK_SECONDS:,.0f} accepted at {front:,.0f}/s"
+                if via_ingest and WRK
+                else f"{N_E2E:,} signed POST /ingest/{{id}} at {CONCURRENCY} concurrent; "
                 f"ingest alone {front:,.0f}/s"
                 if via_ingest
                 else f"{N_E2E:,} events produced to the events topic ({front:,.0f}/s), "

@@ -13,6 +13,7 @@ from services.dispatcher.attempts import AttemptWriter
 from services.dispatcher.consumer import Dispatcher
 from services.dispatcher.delivery_stage import DeliveryStage
 from services.dispatcher.fanout import EventWriter, FanOutStage
+from services.dispatcher.publishing import Publisher
 from services.dispatcher.resources import open_resources
 from shared.breaker import BreakerConfig, CircuitBreaker
 from shared.logging import get_logger
@@ -55,17 +56,18 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         attempts.start()
         events.start()
         tune_gc()
+        publisher = Publisher(res.producer)
         try:
             dispatcher = Dispatcher(
                 res.consumer,
                 res.topics,
-                FanOutStage(res.topics, res.cache, res.producer, events, attempts),
+                FanOutStage(res.topics, res.cache, publisher, events, attempts),
                 DeliveryStage(
                     settings=settings,
                     topics=res.topics,
                     cache=res.cache,
                     http=res.http,
-                    producer=res.producer,
+                    publisher=publisher,
                     attempts=attempts,
                     sessions=res.sessions,
                     redis=res.redis,

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,7 +36,7 @@ from services.dispatcher.delivery import (
     request_headers,
 )
 from services.dispatcher.limits import TargetLimits
-from services.dispatcher.publishing import OutRecord, publish_all
+from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.sender import post
 from shared.breaker import CircuitBreaker, target_of
 from shared.logging import get_logger
@@ -88,7 +87,7 @@ class DeliveryStage:
     topics: Topics
     cache: SubscriptionCache
     http: aiohttp.ClientSession
-    producer: AIOKafkaProducer
+    publisher: Publisher
     attempts: AttemptWriter
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
@@ -197,8 +196,7 @@ class DeliveryStage:
         assert retry is not None  # the schedule is not empty (see _breaker_allow)
         reason = f"circuit open for {target.key}: not attempted"
         waiting = dataclasses.replace(job, due_at=retry.due_at, last_error=reason)
-        await publish_all(
-            self.producer,
+        await self.publisher.publish(
             [OutRecord(retry.topic, waiting.key, waiting.body, waiting.headers())],
         )
         RETRIES.labels(retry.topic.rsplit(".", 1)[-1]).inc()
@@ -244,7 +242,7 @@ class DeliveryStage:
         )
         follow_up = self._follow_up(job, decision)
         if follow_up:
-            await publish_all(self.producer, follow_up)
+            await self.publisher.publish(follow_up)
         await row_durable
         _DELIVERIES[decision.status].inc()
         if decision.status is not AttemptStatus.SUCCESS:

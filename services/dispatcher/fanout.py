@@ -6,8 +6,9 @@ to every active subscription that matches, from the subscription cache. Jobs are
 by subscription id with ``delivery_id = uuid5(event_id, subscription_id)``, so replaying
 an event after a crash reproduces the same ids.
 
-``FanOutStage.run`` returns once the event row is committed and every job is
-acknowledged by the broker: only then is the event's offset finished.
+``FanOutStage.run`` takes a chunk of one partition's events and returns once their rows
+are committed and every job is acknowledged by the broker: only then are the events'
+offsets finished.
 
 A targeted event whose subscription no longer wants it was promised to the sender (202
 with a delivery id), so it ends with a FAILURE row saying why it was not delivered
@@ -23,11 +24,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from services.dispatcher.attempts import AttemptWriter, attempt_row, is_transient_db_error
 from services.dispatcher.batching import GroupCommit
-from services.dispatcher.publishing import OutRecord, publish_all
+from services.dispatcher.publishing import OutRecord, Publisher
 from shared.logging import get_logger
 from shared.metrics import DELIVERIES
 from shared.models import AttemptStatus
@@ -100,38 +100,42 @@ def not_wanted_reason(sub: SubscriptionView | None, event_type: str) -> str | No
 class FanOutStage:
     topics: Topics
     cache: SubscriptionCache
-    producer: AIOKafkaProducer
+    publisher: Publisher
     events: EventWriter
     attempts: AttemptWriter
 
-    async def run(self, event: EventRecord) -> None:
-        row_durable = self.events.write(event)
-        if event.subscription_id is not None:
-            sub = await self.cache.get(event.subscription_id)
-            reason = not_wanted_reason(sub, event.event_type)
-            if reason is not None:
-                await self._not_delivered(event, sub, reason)
-                await row_durable
-                return
-            assert sub is not None
-            targets: Sequence[SubscriptionView] = (sub,)
-        else:
-            targets = self.cache.matching(event.event_type)
-        jobs = [DeliveryJob.for_event(event, sub.id) for sub in targets]
-        await publish_all(
-            self.producer,
-            [OutRecord(self.topics.deliveries, job.key, job.body, job.headers()) for job in jobs],
-        )
-        await row_durable
-        if event.subscription_id is None:
-            log.debug("fanned out", event_id=str(event.event_id), jobs=len(jobs))
+    async def run(self, events: Sequence[EventRecord]) -> None:
+        """Fan out a chunk of events (one partition's, in offset order)."""
+        durable: list[asyncio.Future[None]] = []
+        records: list[OutRecord] = []
+        deliveries = self.topics.deliveries
+        for event in events:
+            durable.append(self.events.write(event))
+            if event.subscription_id is not None:
+                sub = await self.cache.get(event.subscription_id)
+                reason = not_wanted_reason(sub, event.event_type)
+                if reason is not None:
+                    durable.append(self._not_delivered(event, sub, reason))
+                    continue
+                assert sub is not None
+                targets: Sequence[SubscriptionView] = (sub,)
+            else:
+                targets = self.cache.matching(event.event_type)
+                log.debug("fanned out", event_id=str(event.event_id), jobs=len(targets))
+            for target in targets:
+                job = DeliveryJob.for_event(event, target.id)
+                records.append(OutRecord(deliveries, job.key, job.body, job.headers()))
+        await self.publisher.publish(records)
+        for future in durable:
+            await future
 
-    async def _not_delivered(
+    def _not_delivered(
         self, event: EventRecord, sub: SubscriptionView | None, reason: str
-    ) -> None:
+    ) -> asyncio.Future[None]:
+        """Record a FAILURE row for a targeted event not delivered; returns its future."""
         assert event.subscription_id is not None
         job = DeliveryJob.for_event(event, event.subscription_id)
-        await self.attempts.write(
+        durable = self.attempts.write(
             attempt_row(
                 job,
                 target_url=sub.target_url if sub is not None else "",
@@ -151,3 +155,4 @@ class FanOutStage:
             subscription_id=str(event.subscription_id),
             reason=reason,
         )
+        return durable
