@@ -8,6 +8,7 @@ away; a shutdown or rebalance cancels the wait and the source record is replayed
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -91,6 +92,7 @@ class Publisher:
                     acks.append(exc)
             failed: list[OutRecord] = []
             error: BaseException | None = None
+            published: Counter[str] = Counter()
             for record, ack in zip(todo, acks, strict=True):
                 if isinstance(ack, BaseException):
                     failed.append(record)
@@ -102,7 +104,9 @@ class Publisher:
                     failed.append(record)
                     error = exc
                 else:
-                    PUBLISHED.labels(record.topic).inc()
+                    published[record.topic] += 1
+            for topic, count in published.items():
+                PUBLISHED.labels(topic).inc(count)
             if not failed:
                 return
             log.warning(
