@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.records import EventRecord, delivery_id_for
+from shared.records import DeliveryJob, EventRecord, delivery_id_for
 from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, free_port
 from tests.support.stack import IsolatedStack
-from tests.support.targets import SinkProcess
+from tests.support.targets import SinkProcess, TargetServer
 
 pytestmark = pytest.mark.slow
 
@@ -210,3 +210,43 @@ async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_di
         finally:
             codes = [p.stop() for p in procs]
         assert codes[1] == 0, procs[1].log()[-3000:]
+
+
+async def test_sigterm_finishes_requests_in_flight_commits_and_nothing_is_redelivered(
+    dstack: IsolatedStack, world: DispatchWorld, tmp_path: Path
+) -> None:
+    async with TargetServer() as target:
+        target.reply("/slow", delay=2.0)
+        sub = await world.add_subscription(target.url("/slow"))
+        jobs = [DeliveryJob.for_event(world.event("slow.one", b"{}"), sub) for _ in range(20)]
+        for job in jobs:
+            await world.produce_job(job)
+        proc = start_dispatcher(dstack, tmp_path)
+        try:
+            await target.wait_for(20, "/slow")  # all twenty requests are in flight
+            stopping = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                while proc.alive():
+                    await asyncio.sleep(0.05)
+            took = time.monotonic() - stopping
+        finally:
+            code = proc.stop()
+        assert code == 0, proc.log()[-3000:]
+        assert took < 2.0 + 3.0, took  # waited for the answers, not for a timeout
+        ids = [j.delivery_id for j in jobs]
+        rows = await world.attempts("delivery_id = ANY(:ids)", ids=ids)
+        assert sorted(r["delivery_id"] for r in rows) == sorted(ids)
+        assert {r["status"] for r in rows} == {"SUCCESS"}
+        assert '"in_flight": 20' in proc.log()
+
+        # Everything was committed: a new dispatcher finds nothing to redo.
+        again = start_dispatcher(dstack, tmp_path)
+        try:
+            async with asyncio.timeout(30):
+                while assigned_partitions(again) <= 0:
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(2.0)
+        finally:
+            assert again.stop() == 0
+        assert len(target.received("/slow")) == 20
