@@ -278,6 +278,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         if not mine:
             return
         started = time.monotonic()
+        abandoned = 0
         try:
             abandoned = await self._drain(set(mine))
             await self._commit(mine)

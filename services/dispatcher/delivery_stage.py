@@ -128,7 +128,10 @@ class DeliveryStage:
                     # the request; timeouts, connection errors and 5xx count against it.
                     # A refused target (SSRF guard) says nothing about its health.
                     alive = outcome.status_code is not None and outcome.status_code < 500
-                    await self.breaker.record(target.key, alive)
+                    try:
+                        await self.breaker.record(target.key, alive)
+                    except Exception as exc:  # never worth sending the request again
+                        log.warning("breaker not updated", target=target.key, error=repr(exc))
         await self._record(job, sub, target_url, outcome, duration_ms)
 
     # --- the attempt --------------------------------------------------------------
