@@ -99,6 +99,9 @@ class DeliveryStage:
         self.limits = TargetLimits(
             self.settings.max_in_flight, self.settings.max_in_flight_per_target
         )
+        # Read at scrape time rather than updated twice per delivery.
+        limits = self.limits
+        IN_FLIGHT.set_function(lambda: limits.in_flight)
 
     def _breaker_allow(self) -> Callable[[str], Awaitable[bool]] | None:
         """The breaker's ``allow``, when jobs have a tier to wait on while it is open."""
@@ -142,7 +145,6 @@ class DeliveryStage:
         limits = self.limits
         await limits.acquire(target.key)
         progress.sending = True
-        IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
             secret = sub.secret_key
@@ -164,7 +166,6 @@ class DeliveryStage:
             outcome = outcome_of_error(exc, timeout=self.settings.delivery_timeout)
         finally:
             elapsed = time.perf_counter() - started
-            IN_FLIGHT.dec()
             limits.release(target.key)
         ATTEMPT_SECONDS.observe(elapsed)
         return outcome, int(elapsed * 1000)

@@ -23,6 +23,7 @@ class TargetLimits:
         self._total = asyncio.Semaphore(total)
         self._per_target = per_target
         self._lanes: dict[str, _Lane] = {}
+        self.in_flight = 0  # holders of a global slot
 
     async def acquire(self, target: str) -> None:
         lane = self._lanes.get(target)
@@ -40,8 +41,10 @@ class TargetLimits:
             lane.semaphore.release()
             self._leave(target, lane)
             raise
+        self.in_flight += 1
 
     def release(self, target: str) -> None:
+        self.in_flight -= 1
         self._total.release()
         lane = self._lanes[target]
         lane.semaphore.release()

@@ -39,6 +39,7 @@ async def test_per_target_bound_holds_and_a_saturated_target_does_not_starve_oth
     await asyncio.wait_for(asyncio.gather(*fast), 2)
     assert fast_done == 10
     assert peak == {"slow": 2, "fast": 2}
+    assert limits.in_flight == 2  # the two slow ones
     slow_release.set()
     await asyncio.wait_for(asyncio.gather(*slow), 2)
     assert limits.active_targets() == 0
