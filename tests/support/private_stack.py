@@ -1,0 +1,213 @@
+"""A private PostgreSQL + Redis + Kafka whose components a test may stop and start.
+
+``PrivateStack`` runs ``deploy/local/stack.sh`` with ``HOOKSTREAM_LOCAL_DIR`` set to a
+temporary directory and its own ports, so stopping its broker or database never touches
+the shared stack other engineers' tests run on. Components are stopped by their own pid
+file (Kafka, Redis) or ``pg_ctl -D <its data dir>`` (PostgreSQL), never by name.
+
+``PrivateNamespace`` is ``IsolatedStack`` pointed at a private stack: a fresh database
+(built by Alembic) and topic prefix, with the environment services are started with.
+
+Only loopback: every component binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from tests.support.stack import ROOT, IsolatedStack
+
+Component = Literal["postgres", "redis", "kafka"]
+
+STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
+MAIN_KAFKA_LIBS = ROOT / ".local" / "kafka" / "libs"
+PG_OS_USER = os.environ.get("HOOKSTREAM_PG_OS_USER", "hookstream-pg")
+
+# Ports below Linux's ephemeral range (32768-60999): while a component is stopped, no
+# client socket on this machine can be handed its port and keep it from starting again.
+_QUIET_PORTS = range(21000, 30000)
+
+
+def quiet_port(taken: set[int]) -> int:
+    """A free loopback port outside the ephemeral range, not in ``taken``."""
+    for _ in range(200):
+        port = random.choice(_QUIET_PORTS)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise RuntimeError("no free port in 21000-29999")
+
+
+def _pg_bin() -> Path:
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True):
+        return Path(candidate).parent
+    found = shutil.which("pg_ctl")
+    if found is None:
+        raise RuntimeError("pg_ctl not found (PostgreSQL 15 server binaries)")
+    return Path(found).resolve().parent
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+class PrivateStack:
+    """stack.sh under ``local_dir`` on ports of its own."""
+
+    def __init__(self, local_dir: Path) -> None:
+        assert local_dir.resolve() != (ROOT / ".local").resolve()
+        self.local_dir = local_dir
+        taken: set[int] = set()
+        self.pg_port = quiet_port(taken)
+        self.redis_port = quiet_port(taken)
+        self.kafka_port = quiet_port(taken)
+        self.kafka_controller_port = quiet_port(taken)
+        self.database_url = f"postgresql+asyncpg://hookstream@127.0.0.1:{self.pg_port}/hookstream"
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.kafka_bootstrap = f"127.0.0.1:{self.kafka_port}"
+
+    # --- stack.sh -------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            HOOKSTREAM_LOCAL_DIR=str(self.local_dir),
+            HOOKSTREAM_PG_PORT=str(self.pg_port),
+            HOOKSTREAM_REDIS_PORT=str(self.redis_port),
+            HOOKSTREAM_KAFKA_PORT=str(self.kafka_port),
+            HOOKSTREAM_KAFKA_CONTROLLER_PORT=str(self.kafka_controller_port),
+        )
+        return env
+
+    def _stack(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(STACK_SH), *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"stack.sh {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+
+    def up(self) -> None:
+        """Every component. The Kafka jars are the main checkout's (no second download)."""
+        libs = self.local_dir / "kafka" / "libs"
+        if not libs.exists():
+            assert (MAIN_KAFKA_LIBS / ".complete").exists(), "run `make stack-up` first"
+            libs.parent.mkdir(parents=True, exist_ok=True)
+            libs.symlink_to(MAIN_KAFKA_LIBS, target_is_directory=True)
+        self._stack("up")
+
+    def down(self) -> None:
+        self._stack("down")
+
+    def start(self, component: Component) -> None:
+        """Start one stopped component (stack.sh waits until it answers)."""
+        self._stack("up", component)
+
+    # --- stopping one component -----------------------------------------------------
+
+    def stop(self, component: Component, *, timeout: float = 60) -> None:
+        """Stop one component and return once its process is gone."""
+        if component == "postgres":
+            self._pg_ctl("-m", "fast", "-w", "-t", str(int(timeout)), "stop")
+            return
+        pid_file = {
+            "kafka": self.local_dir / "kafka" / "kafka.pid",
+            "redis": self.local_dir / "redis" / "redis.pid",
+        }[component]
+        pid = int(pid_file.read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.1)
+        pid_file.unlink(missing_ok=True)
+
+    def running(self, component: Component) -> bool:
+        if component == "postgres":
+            pid_file = self.local_dir / "pg" / "data" / "postmaster.pid"
+        else:
+            pid_file = self.local_dir / component / f"{component}.pid"
+        try:
+            return _alive(int(pid_file.read_text().split()[0]))
+        except (OSError, ValueError):
+            return False
+
+    def _pg_ctl(self, *args: str) -> None:
+        command = [str(_pg_bin() / "pg_ctl"), "-D", str(self.local_dir / "pg" / "data"), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", PG_OS_USER, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def private_stack() -> Iterator[PrivateStack]:
+    """A private stack in a fresh directory under /tmp, removed afterwards."""
+    # Not pytest's tmp_path: its parents are 0700, and PostgreSQL runs as another user.
+    local_dir = Path(tempfile.mkdtemp(prefix="hookstream-private-"))
+    local_dir.chmod(0o755)
+    stack = PrivateStack(local_dir)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        try:
+            stack.down()
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+
+class PrivateNamespace(IsolatedStack):
+    """A fresh database and topic prefix on a ``PrivateStack`` (not the shared one)."""
+
+    def __init__(self, private: PrivateStack) -> None:
+        super().__init__()
+        self.private = private
+        self.database_url = private.database_url.rsplit("/", 1)[0] + "/" + self.db_name
+        self._base_url = private.database_url
+        self.env.update(
+            HOOKSTREAM_DATABASE_URL=self.database_url,
+            HOOKSTREAM_REDIS_URL=private.redis_url,
+            HOOKSTREAM_KAFKA_BOOTSTRAP=private.kafka_bootstrap,
+        )
+
+    @property
+    def dsn(self) -> str:
+        """The database URL as asyncpg.connect() takes it."""
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
