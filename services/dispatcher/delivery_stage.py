@@ -121,11 +121,12 @@ class DeliveryStage:
             target = self._target(sub.target_url)
             if target.refused is not None:
                 outcome = Outcome.refused(target.refused)
-            elif (allow := self._breaker_allow()) is not None and not await allow(target.key):
-                await self._defer(job, target)
-                return
             else:
-                outcome, duration_ms = await self._attempt(job, sub, target, progress)
+                attempted = await self._attempt(job, sub, target, progress)
+                if attempted is None:
+                    await self._defer(job, target)
+                    return
+                outcome, duration_ms = attempted
                 if self.breaker is not None and (outcome.status_code or outcome.retryable):
                     # A target that answered below 500 is alive, whatever it thought of
                     # the request; timeouts, connection errors and 5xx count against it.
@@ -141,9 +142,26 @@ class DeliveryStage:
 
     async def _attempt(
         self, job: DeliveryJob, sub: SubscriptionView, target: Target, progress: Progress
-    ) -> tuple[Outcome, int]:
+    ) -> tuple[Outcome, int] | None:
+        """(outcome, duration in ms), or None when the target's breaker is open.
+
+        The breaker is asked while holding the target's slot: its answer may take a
+        Redis round trip, and a job waiting for it must not be overtaken by more than a
+        slot's worth of later ones (every finished job behind an unfinished one is
+        replayed after a crash).
+        """
         limits = self.limits
         await limits.acquire(target.key)
+        allow = self._breaker_allow()
+        if allow is not None:
+            try:
+                allowed = await allow(target.key)
+            except BaseException:
+                limits.release(target.key)
+                raise
+            if not allowed:
+                limits.release(target.key)
+                return None
         progress.sending = True
         started = time.perf_counter()
         try:
