@@ -403,7 +403,7 @@ async def test_timeout_is_a_failed_attempt(world: DispatchWorld, target: TargetS
 async def test_a_slow_early_record_holds_the_commit_point_but_not_later_deliveries(
     world: DispatchWorld, target: TargetServer
 ) -> None:
-    target.reply("/slow", delay=1.5)
+    target.reply("/slow", delay=2.0)  # under the 2.5 s timeout, over 20 fast deliveries
     slow_sub = await world.add_subscription(target.url("/slow"))
     fast_sub = await world.add_subscription(target.url("/fast"))
     slow = DeliveryJob.for_event(world.event(kind(), BODY), slow_sub)
