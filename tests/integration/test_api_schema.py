@@ -31,35 +31,66 @@ CHECKS = (
 BUDGET_SECONDS = 40
 
 
+# CPython 3.11.7 can crash inside Hypothesis while schemathesis's coverage phase describes
+# a filter lambda ("AST constructor recursion depth mismatch", a CPython bug fixed in later
+# 3.11 releases). That is the tool failing, not the API: such a run is repeated once,
+# with another seed and without the coverage phase.
+_TOOL_CRASH = "AST constructor recursion depth mismatch"
+
+
+def _schemathesis(
+    url: str, api_key: str, seed: int, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {api_key}",
+            "--checks",
+            ",".join(CHECKS),
+            "--max-time",
+            str(BUDGET_SECONDS),
+            "--workers",
+            "2",
+            "--request-timeout",
+            "10",
+            "--seed",
+            str(seed),
+            "--warnings",
+            "off",
+            # No example database: the run depends on the seed, not on earlier runs.
+            "--generation-database",
+            "none",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BUDGET_SECONDS + 60,
+        check=False,
+    )
+
+
+def _only_a_tool_crash(result: subprocess.CompletedProcess[str]) -> bool:
+    return _TOOL_CRASH in result.stdout and "Failures:" not in result.stdout
+
+
+def _report(result: subprocess.CompletedProcess[str]) -> str:
+    out = result.stdout
+    start = out.find("FAILURES")
+    return (out[start : start + 8000] if start >= 0 else out[-4000:]) + result.stderr[-2000:]
+
+
 def test_openapi_fuzzing_finds_no_server_error(stack: IsolatedStack, tmp_path: Path) -> None:
     with running_ingest(stack, tmp_path) as ingest:
-        result = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "schemathesis"),
-                "run",
-                f"{ingest.url}/openapi.json",
-                "--header",
-                f"Authorization: Bearer {ingest.api_key}",
-                "--checks",
-                ",".join(CHECKS),
-                "--max-time",
-                str(BUDGET_SECONDS),
-                "--workers",
-                "2",
-                "--request-timeout",
-                "10",
-                "--seed",
-                "20261129",
-                "--warnings",
-                "off",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=BUDGET_SECONDS + 60,
-            check=False,
-        )
+        result = _schemathesis(ingest.url, ingest.api_key, 20261129)
+        if result.returncode != 0 and _only_a_tool_crash(result):
+            result = _schemathesis(
+                ingest.url, ingest.api_key, 20261130, "--phases", "examples,fuzzing,stateful"
+            )
         log = ingest.log()
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert result.returncode == 0, _report(result)
     assert "Traceback" not in log, log[-3000:]
     assert '"unhandled error"' not in log
