@@ -21,8 +21,12 @@ from shared.subscriptions import SubscriptionCache
 from shared.topics import Topics
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    return None
+
+
 def group_id(settings: Settings) -> str:
-    return f"{settings.topic_prefix}.dispatcher"
+    return Topics.from_settings(settings).dispatcher_group
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +52,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         # Two writers (attempts, events) flush concurrently; two spare connections
         # let a flush proceed while a broken connection is being replaced.
         pg = await asyncpg.create_pool(
-            asyncpg_dsn(settings), min_size=1, max_size=4, command_timeout=30
+            asyncpg_dsn(settings),
+            min_size=1,
+            max_size=4,
+            command_timeout=30,
+            # The writers change no session state, so skip asyncpg's default reset on
+            # release (a round trip of UNLISTEN/RESET ALL after every batch).
+            reset=_keep_session,
         )
         stack.push_async_callback(pg.close)
         redis = make_redis(settings)
