@@ -21,6 +21,7 @@ class Topics:
     # One topic per distinct delay, in schedule order. One fixed delay per topic keeps
     # offset order equal to due order within a partition.
     retry_tiers: tuple[tuple[timedelta, str], ...]
+    prefix: str = "hookstream"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topics:
@@ -33,7 +34,16 @@ class Topics:
             deliveries=f"{prefix}.deliveries",
             dlq=f"{prefix}.dlq",
             retry_tiers=tuple(tiers.items()),
+            prefix=prefix,
         )
+
+    @property
+    def dispatcher_group(self) -> str:
+        return f"{self.prefix}.dispatcher"
+
+    @property
+    def retry_scheduler_group(self) -> str:
+        return f"{self.prefix}.retry-scheduler"
 
     @property
     def retry_topics(self) -> tuple[str, ...]:

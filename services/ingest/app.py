@@ -9,7 +9,16 @@ from typing import Any, TypedDict
 
 from fastapi import FastAPI
 
-from services.ingest import events, health, metrics, redelivery, status, subscriptions, tools
+from services.ingest import (
+    events,
+    health,
+    metrics,
+    redelivery,
+    stats,
+    status,
+    subscriptions,
+    tools,
+)
 from services.ingest.auth import check_api_key_configured, configured_key
 from services.ingest.errors import install_error_handlers
 from services.ingest.ingest_endpoint import add_ingest_route
@@ -63,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)
     app.include_router(subscriptions.router)
     app.include_router(status.router)
+    app.include_router(stats.router)
     app.include_router(redelivery.router)
     app.include_router(tools.router)
     app.include_router(health.router)

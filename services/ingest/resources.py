@@ -13,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.ingestion import Ingestion
 from services.ingest.publishing import Publisher
+from services.ingest.stats import StatsCache
 from shared.db import make_engine, make_sessionmaker
 from shared.kafka import make_producer
+from shared.lag import LagProbe
 from shared.redis import make_redis
 from shared.settings import Settings
 from shared.subscriptions import SubscriptionCache
@@ -38,6 +40,8 @@ class Resources:
     cache: SubscriptionCache
     publisher: Publisher
     ingestion: Ingestion
+    lag: LagProbe
+    stats_cache: StatsCache
 
 
 @asynccontextmanager
@@ -58,6 +62,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await cache.start()
         stack.push_async_callback(cache.stop)
         publisher = Publisher(producer, timeout=settings.publish_timeout)
+        lag = await LagProbe.start(settings)
+        stack.push_async_callback(lag.close)
         yield Resources(
             settings=settings,
             topics=topics,
@@ -70,4 +76,6 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ingestion=Ingestion(
                 settings, topics, cache, publisher, IdempotencyStore(redis, settings)
             ),
+            lag=lag,
+            stats_cache=StatsCache(),
         )

@@ -8,15 +8,29 @@ because dashboards poll.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.ingest.auth import require_api_key
+from services.ingest.errors import Unprocessable, error_responses
+from shared.logging import get_logger
+from shared.settings import parse_duration
+
+if TYPE_CHECKING:  # resources.py builds the StatsCache defined here
+    from services.ingest.resources import Resources
+
+log = get_logger("ingest.stats")
+
 MAX_WINDOW = timedelta(hours=24)
 CACHE_SECONDS = 5.0
+# Lag comes from the broker; a slow broker must not hold the stats answer hostage.
+LAG_TIMEOUT = 2.0
 
 # SUCCESS and FAILURE rows are terminal (one per finished delivery); FAILED_ATTEMPT rows
 # are retries along the way. Latency is ingest → successful delivery (first_received_at
@@ -113,3 +127,51 @@ class StatsCache:
         if len(self._entries) > 64:  # windows are user input: keep the cache small
             self._entries.clear()
         self._entries[(int(window.total_seconds()), top)] = (time.monotonic(), value)
+
+
+async def queue_depth(res: Resources) -> dict[str, int] | None:
+    """Consumer lag per topic for the dispatcher and retry-scheduler groups (None: unknown)."""
+    topics = res.topics
+    try:
+        dispatcher, scheduler = await asyncio.wait_for(
+            asyncio.gather(
+                res.lag.lag(topics.dispatcher_group, [topics.events, topics.deliveries]),
+                res.lag.lag(topics.retry_scheduler_group, list(topics.retry_topics)),
+            ),
+            LAG_TIMEOUT,
+        )
+    except Exception as exc:  # stats stay useful without the broker
+        log.warning("consumer lag unavailable", error=str(exc))
+        return None
+    return {**dispatcher, **scheduler}
+
+
+router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
+
+
+@router.get(
+    "/stats",
+    summary="Delivery statistics over a window: outcomes, success rate, latency, queue depth",
+    responses=error_responses(401, 422),
+)
+async def get_stats(
+    request: Request,
+    window: Annotated[str, Query(max_length=16, description="e.g. 15m, 1h, 24h (max 24h)")] = "1h",
+    top: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Any:
+    try:
+        span = parse_duration(window)
+    except ValueError:
+        raise Unprocessable(["query", "window"], "not a duration (e.g. 15m, 1h)") from None
+    if span <= timedelta(0):
+        raise Unprocessable(["query", "window"], "must be positive")
+    res: Resources = request.state.resources
+    cache: StatsCache = res.stats_cache
+    cached = cache.get(span, top)
+    if cached is not None:
+        return cached
+    async with res.sessions() as session:
+        result = await compute_stats(session, span, top)
+    result["queue_depth"] = await queue_depth(res)
+    cache.put(span, top, result)
+    return result

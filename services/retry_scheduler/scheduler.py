@@ -61,7 +61,7 @@ REVOKE_DRAIN_SECONDS = 5.0
 
 
 def group_id(settings: Settings) -> str:
-    return f"{settings.topic_prefix}.retry-scheduler"
+    return Topics.from_settings(settings).retry_scheduler_group
 
 
 @dataclass(eq=False, slots=True)
