@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     allow_no_api_key: bool = False
     max_body_bytes: int = Field(262_144, ge=1024)
     max_url_length: int = Field(2048, ge=64)
+    # Sum of header names and values per request; 16 KiB is Node's and nginx's ballpark.
+    max_header_bytes: int = Field(16_384, ge=1024)
     idempotency_ttl: timedelta = timedelta(hours=24)
     # 2xx means the broker acked; past this bound ingest answers 503 instead of waiting.
     publish_timeout: float = Field(5.0, gt=0)

@@ -31,6 +31,10 @@ from shared.models import Subscription
 
 log = get_logger("subscriptions")
 
+# Unknown ids remembered between reloads. Each costs ~100 bytes; 100k caps it at ~10 MB
+# while a flood of random ids still hits PostgreSQL at most once per id per reload.
+MAX_REMEMBERED_MISSES = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionView:
@@ -116,6 +120,8 @@ class SubscriptionCache:
         async with self._sessions() as session:
             sub = await session.get(Subscription, subscription_id)
         if sub is None:
+            if len(self._misses) >= MAX_REMEMBERED_MISSES:
+                self._misses.clear()  # a flood of random ids must not grow memory
             self._misses.add(subscription_id)
             return None
         view = SubscriptionView.of(sub)

@@ -22,7 +22,7 @@ from services.ingest import (
 from services.ingest.auth import check_api_key_configured, configured_key
 from services.ingest.errors import install_error_handlers
 from services.ingest.ingest_endpoint import add_ingest_route
-from services.ingest.request_body import BodyLimitMiddleware
+from services.ingest.request_body import BodyLimitMiddleware, HeaderLimitMiddleware
 from services.ingest.resources import Resources, open_resources
 from shared import __version__
 from shared.logging import get_logger
@@ -69,6 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     add_ingest_route(app)
+    # Added last, so it runs first: oversized headers never reach the fast path either.
+    app.add_middleware(HeaderLimitMiddleware, limit=settings.max_header_bytes)
     app.include_router(events.router)
     app.include_router(subscriptions.router)
     app.include_router(status.router)

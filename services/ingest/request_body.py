@@ -124,3 +124,24 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited, send)
+
+
+class HeaderLimitMiddleware:
+    """HOOKSTREAM_MAX_HEADER_BYTES over every route: 431 before any handler runs.
+
+    uvicorn's httptools parser has no header limit of its own; without this a client could
+    make every route (and the log context) carry megabytes of headers.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) for name, value in scope["headers"])
+            if size > self.limit:
+                detail = f"request headers are larger than {self.limit} bytes"
+                await error_response(431, detail)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

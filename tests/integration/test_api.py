@@ -552,3 +552,13 @@ async def test_openapi_documents_every_route_header_and_error(ingest: IngestServ
         spec["components"]["schemas"]["SubscriptionCreate"]["properties"]["target_url"]["maxLength"]
         == 2048
     )
+
+
+async def test_oversized_headers_are_431_on_management_routes(
+    client: httpx.AsyncClient, stack: IsolatedStack
+) -> None:
+    r = await client.get(
+        "/subscriptions/", headers={"x-padding": "p" * stack.settings().max_header_bytes}
+    )
+    assert r.status_code == 431
+    assert "larger than" in r.json()["detail"]

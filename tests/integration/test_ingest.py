@@ -142,6 +142,7 @@ async def test_subscription_without_secret_needs_no_signature(
         ("unknown subscription", 404),
         ("malformed uuid", 422),
         ("idempotency key too long", 422),
+        ("oversized headers", 431),
     ],
 )
 async def test_rejected_requests_publish_nothing(
@@ -184,6 +185,8 @@ async def test_rejected_requests_publish_nothing(
             url = "/ingest/not-a-uuid"
         case "idempotency key too long":
             kwargs["headers"] = headers | {"Idempotency-Key": "k" * 256}
+        case "oversized headers":
+            kwargs["headers"] = headers | {"x-padding": "p" * settings.max_header_bytes}
     r = await client.post(url, **kwargs)
     assert r.status_code == status, r.text
     assert isinstance(r.json()["detail"], str | list)
