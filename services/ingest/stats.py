@@ -146,6 +146,19 @@ async def queue_depth(res: Resources) -> dict[str, int] | None:
     return {**dispatcher, **scheduler}
 
 
+async def window_stats(res: Resources, span: timedelta, top: int = 10) -> dict[str, Any]:
+    """``compute_stats`` plus queue depth, through the few-second cache that the API route
+    and the dashboard share. The answer is shared too: callers must not change it."""
+    cached = res.stats_cache.get(span, top)
+    if cached is not None:
+        return cached
+    async with res.sessions() as session:
+        result = await compute_stats(session, span, top)
+    result["queue_depth"] = await queue_depth(res)
+    res.stats_cache.put(span, top, result)
+    return result
+
+
 router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
 
 
@@ -165,13 +178,4 @@ async def get_stats(
         raise Unprocessable(["query", "window"], "not a duration (e.g. 15m, 1h)") from None
     if span <= timedelta(0):
         raise Unprocessable(["query", "window"], "must be positive")
-    res: Resources = request.state.resources
-    cache: StatsCache = res.stats_cache
-    cached = cache.get(span, top)
-    if cached is not None:
-        return cached
-    async with res.sessions() as session:
-        result = await compute_stats(session, span, top)
-    result["queue_depth"] = await queue_depth(res)
-    cache.put(span, top, result)
-    return result
+    return await window_stats(request.state.resources, span, top)
