@@ -55,7 +55,8 @@ class StoredEvent:
     body: bytes
 
 
-async def _event(session: AsyncSession, event_id: uuid.UUID) -> StoredEvent | None:
+async def stored_event(session: AsyncSession, event_id: uuid.UUID) -> StoredEvent | None:
+    """The event as stored at fan-out (body included); None once it is past retention."""
     row = (
         await session.execute(
             select(Event.event_type, Event.received_at, Event.content_type, Event.body)
@@ -114,7 +115,7 @@ async def retry_delivery(res: Resources, delivery_id: uuid.UUID) -> DeliveryJob:
                 headers={"Retry-After": "60"},
             )
         await _deliverable(session, sub_id)
-        event = await _event(session, event_id)
+        event = await stored_event(session, event_id)
     if event is None:
         raise Gone()
     job = _job(delivery_id, sub_id, event, "manual-retry")
@@ -149,7 +150,9 @@ async def replay_failures(
                 .limit(MAX_REPLAY)
             )
         ).all()
-        events = {e.event_id: e for e in [await _event(session, eid) for _, eid in failed] if e}
+        events = {
+            e.event_id: e for e in [await stored_event(session, eid) for _, eid in failed] if e
+        }
     jobs = [
         _job(delivery_id, subscription_id, events[event_id], "replay")
         for delivery_id, event_id in failed
