@@ -26,6 +26,7 @@ from shared.settings import Settings
 from shared.signing import hub_signature
 from shared.topics import Topics
 from tests.support.broker import IngestServer, TopicProbe, running_ingest
+from tests.support.rawhttp import raw_exchange, status_of
 from tests.support.stack import IsolatedStack
 
 SECRET = "hostile-" + uuid.uuid4().hex
@@ -63,30 +64,6 @@ async def sub_id(client: httpx.AsyncClient) -> str:
 async def healthy(client: httpx.AsyncClient) -> None:
     r = await client.get("/health")
     assert r.status_code == 200
-
-
-def raw_exchange(port: int, request: bytes, timeout: float = 30) -> bytes:
-    """Send ``request`` as is and read until the server closes; b"" if it just hung up."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        # Refused mid-request: what it answered (if anything) is still readable.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(request)
-        answer = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                return answer
-            if not chunk:
-                return answer
-            answer += chunk
-
-
-def status_of(answer: bytes) -> int | None:
-    """The status code of a raw HTTP/1.1 answer, None when there was none."""
-    if not answer.startswith(b"HTTP/1.1 "):
-        return None
-    return int(answer.split(b" ", 2)[1])
 
 
 # --- JSON that parsers choke on -----------------------------------------------------
