@@ -75,6 +75,9 @@ _BLOCKED_V6: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
     (_V6("2001::/32"), "Teredo address"),
     (_V6("2001:db8::/32"), "documentation address"),
     (_V6("3fff::/20"), "documentation address"),
+    # SRv6 segment identifiers (RFC 9602): not globally reachable, yet ipaddress in
+    # Python ≤ 3.13 calls them global, so the backstop below would let them through.
+    (_V6("5f00::/16"), "SRv6 segment identifier"),
     (_V6("fc00::/7"), "unique local (private) address"),
     (_V6("fe80::/10"), "link-local address"),
     (_V6("fec0::/10"), "site-local (deprecated) address"),

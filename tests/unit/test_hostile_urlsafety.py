@@ -89,14 +89,7 @@ BLOCKED_V6 = [
     "fe80::/10",
     "fec0::/10",
     "ff00::/8",
-    pytest.param(
-        "5f00::/16",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="SRv6 SIDs (RFC 9602, IANA: not globally reachable) are not in "
-            "shared/urlsafety.py's table, and Python's ipaddress calls them global",
-        ),
-    ),
+    "5f00::/16",  # SRv6 SIDs (RFC 9602)
 ]
 
 

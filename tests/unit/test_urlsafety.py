@@ -53,6 +53,7 @@ BLOCKED = [
     ("2001:db8::1", "documentation"),
     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
     ("100::1", "discard-only"),
+    ("5f00::1", "SRv6"),
     ("::127.0.0.1", "IPv4-compatible"),
     # IPv6 forms that carry a blocked IPv4 address
     ("::ffff:127.0.0.1", "IPv4-mapped loopback"),
