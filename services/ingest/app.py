@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from services.ingest import (
     events,
@@ -18,6 +19,7 @@ from services.ingest import (
     status,
     subscriptions,
     tools,
+    ui,
 )
 from services.ingest.auth import check_api_key_configured, configured_key
 from services.ingest.errors import install_error_handlers
@@ -79,6 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tools.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     _document_settings(app, settings)
     return app
 

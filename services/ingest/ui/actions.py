@@ -1,0 +1,176 @@
+"""The dashboard's forms (POST): each checks its CSRF token, calls the same service
+function as the API route, and answers with a redirect (or the form again, with errors)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from services.ingest.errors import HookstreamError, Unprocessable
+from services.ingest.redelivery import replay_failures, retry_delivery
+from services.ingest.schemas import SubscriptionCreate, SubscriptionUpdate
+from services.ingest.status import delivery_status
+from services.ingest.subscriptions import (
+    announce_change,
+    create_subscription,
+    get_subscription,
+    update_subscription,
+)
+from services.ingest.ui.pages import (
+    REPLAY_WINDOWS_HOURS,
+    delivery_page_response,
+    subscription_form,
+)
+from services.ingest.ui.web import (
+    PREFIX,
+    LoggedIn,
+    UiRoute,
+    describe,
+    read_form,
+    redirect,
+    resources,
+)
+from shared.logging import get_logger
+
+log = get_logger("ingest.ui")
+
+router = APIRouter(route_class=UiRoute, include_in_schema=False)
+
+_SEPARATORS = re.compile(r"[\s,]+")
+# The schema's regular expressions, said the way a person would.
+_PLAIN = {
+    ("target_url", "string_pattern_mismatch"): "must be an absolute http or https URL",
+    ("event_types", "string_pattern_mismatch"): "event types are printable ASCII, no spaces",
+}
+
+
+def _event_types(text: str) -> list[str]:
+    """``"order.paid, invoice.created"`` or one per line → a list; empty = every type."""
+    return [t for t in _SEPARATORS.split(text) if t]
+
+
+def _field_errors(exc: ValidationError | Unprocessable) -> dict[str, str]:
+    """Messages by form field (the first one each), from pydantic or from the service."""
+    issues: list[Any] = list(exc.errors() if isinstance(exc, ValidationError) else exc.detail)
+    errors: dict[str, str] = {}
+    for issue in issues:
+        loc = [part for part in issue.get("loc", ()) if part != "body"]
+        field = str(loc[0]) if loc else "form"
+        message = _PLAIN.get((field, issue.get("type", "")), issue.get("msg", "is not valid"))
+        errors.setdefault(field, str(message))
+    return errors
+
+
+@router.post(f"{PREFIX}/subscriptions")
+async def create(request: Request, session: LoggedIn) -> Response:
+    form = await read_form(request, session)
+    res = resources(request)
+    values = {k: form.get(k, "") for k in ("target_url", "event_types")}
+    try:
+        data = SubscriptionCreate(
+            target_url=values["target_url"].strip(),
+            secret_key=form.get("secret_key") or None,
+            event_types=_event_types(values["event_types"]),
+        )
+        async with res.sessions.begin() as db:
+            sub = await create_subscription(db, data, max_url_length=res.settings.max_url_length)
+    except (ValidationError, Unprocessable) as exc:
+        return subscription_form(
+            request, None, values=values, errors=_field_errors(exc), status_code=422
+        )
+    await announce_change(res, sub.id)
+    log.info("subscription created", subscription_id=str(sub.id), via="dashboard")
+    return redirect(f"{PREFIX}/subscriptions/{sub.id}?notice=created")
+
+
+@router.post(f"{PREFIX}/subscriptions/{{subscription_id}}")
+async def update(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
+    form = await read_form(request, session)
+    res = resources(request)
+    values = {k: form.get(k, "") for k in ("target_url", "event_types")}
+    fields: dict[str, Any] = {
+        "target_url": values["target_url"].strip(),
+        "event_types": _event_types(values["event_types"]),
+    }
+    # An empty secret field keeps the secret (it is never shown, so it cannot be edited).
+    if form.get("remove_secret"):
+        fields["secret_key"] = None
+    elif form.get("secret_key"):
+        fields["secret_key"] = form["secret_key"]
+    try:
+        patch = SubscriptionUpdate(**fields)
+        async with res.sessions.begin() as db:
+            await update_subscription(
+                db, subscription_id, patch, max_url_length=res.settings.max_url_length
+            )
+    except (ValidationError, Unprocessable) as exc:
+        async with res.sessions() as db:
+            sub = await get_subscription(db, subscription_id)
+        return subscription_form(
+            request, sub, values=values, errors=_field_errors(exc), status_code=422
+        )
+    await announce_change(res, subscription_id)
+    log.info("subscription updated", subscription_id=str(subscription_id), via="dashboard")
+    return redirect(f"{PREFIX}/subscriptions/{subscription_id}?notice=updated")
+
+
+@router.post(f"{PREFIX}/subscriptions/{{subscription_id}}/active")
+async def set_active(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
+    form = await read_form(request, session)
+    res = resources(request)
+    active = form.get("active") == "true"
+    async with res.sessions.begin() as db:
+        await update_subscription(
+            db,
+            subscription_id,
+            SubscriptionUpdate(is_active=active),
+            max_url_length=res.settings.max_url_length,
+        )
+    await announce_change(res, subscription_id)
+    log.info("subscription updated", subscription_id=str(subscription_id), is_active=active)
+    notice = "activated" if active else "deactivated"
+    return redirect(f"{PREFIX}/subscriptions/{subscription_id}?notice={notice}")
+
+
+@router.post(f"{PREFIX}/subscriptions/{{subscription_id}}/replay")
+async def replay(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
+    form = await read_form(request, session)
+    try:
+        hours = int(form.get("since_hours", ""))
+    except ValueError:
+        hours = 0
+    if hours not in REPLAY_WINDOWS_HOURS:
+        raise Unprocessable(["form", "since_hours"], "pick one of the offered windows")
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    replayed, expired = await replay_failures(resources(request), subscription_id, since)
+    log.info(
+        "replay", subscription_id=str(subscription_id), replayed=len(replayed), via="dashboard"
+    )
+    return redirect(
+        f"{PREFIX}/dlq?subscription_id={subscription_id}"
+        f"&notice=replayed&n={len(replayed)}&expired={expired}"
+    )
+
+
+@router.post(f"{PREFIX}/deliveries/{{delivery_id}}/retry")
+async def retry(delivery_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
+    await read_form(request, session)
+    res = resources(request)
+    async with res.sessions() as db:
+        # How many attempts there are now: the page refreshes itself until there are more.
+        seen = (await delivery_status(db, delivery_id)).total_attempts
+    try:
+        await retry_delivery(res, delivery_id)
+    except HookstreamError as exc:
+        # Still retrying, inactive, or past retention: say so on the delivery's own page.
+        return await delivery_page_response(
+            request, delivery_id, error=describe(exc), status_code=exc.status_code
+        )
+    log.info("manual retry", delivery_id=str(delivery_id), via="dashboard")
+    return redirect(f"{PREFIX}/deliveries/{delivery_id}?notice=retry-queued&seen={seen}")

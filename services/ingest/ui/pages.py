@@ -1,0 +1,262 @@
+"""The dashboard's pages (GET). Each reads through the API's service functions
+(``subscriptions``, ``status``, ``redelivery``, ``stats``) plus the few read models in
+``queries``; none writes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from services.ingest.errors import NotFound
+from services.ingest.redelivery import DEFAULT_REPLAY_WINDOW, stored_event
+from services.ingest.resources import Resources
+from services.ingest.stats import window_stats
+from services.ingest.status import dead_letters, delivery_status, subscription_deliveries
+from services.ingest.subscriptions import get_subscription, list_subscriptions
+from services.ingest.ui import queries
+from services.ingest.ui.chart import per_minute_chart
+from services.ingest.ui.payload import payload_view
+from services.ingest.ui.web import PREFIX, LoggedIn, UiRoute, render, resources
+from shared.models import AttemptStatus, Subscription
+
+router = APIRouter(route_class=UiRoute, include_in_schema=False)
+
+PAGE_SIZE = 100
+RECENT_ATTEMPTS = 50
+DLQ_ROWS = 200
+# While a retry is on its way (or a delivery is between attempts) the delivery page
+# reloads itself this often, so the new attempt shows up without a click.
+REFRESH_SECONDS = 2
+REPLAY_WINDOWS_HOURS = (1, 24, 72)
+
+Notice = Annotated[str | None, Query(max_length=32)]
+Count = Annotated[int | None, Query(ge=0, le=1_000_000)]
+
+
+def notice_text(code: str | None, n: int | None = None, expired: int | None = None) -> str | None:
+    """Fixed messages for the codes our own redirects carry (nothing from the URL is echoed)."""
+    count = n or 0
+    messages = {
+        "created": "Subscription created.",
+        "updated": "Subscription saved.",
+        "activated": "Subscription activated.",
+        "deactivated": "Subscription deactivated: nothing is delivered to it until it is "
+        "activated again.",
+        "retry-queued": "A new attempt series is queued; this page refreshes until it shows up.",
+        "replayed": f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again"
+        + (f"; {expired} past retention, nothing left to send." if expired else "."),
+    }
+    return messages.get(code or "")
+
+
+# --- overview -----------------------------------------------------------------------
+
+
+async def _overview_rows(res: Resources, first_minute: datetime) -> tuple[Any, ...]:
+    async with res.sessions() as db:
+        per_minute = await queries.attempts_per_minute(db, first_minute)
+        deactivated = await queries.deactivated_subscriptions(db)
+        breakers = await queries.tripped_breakers(db, res.redis, res.settings.topic_prefix)
+    return per_minute, deactivated, breakers
+
+
+@router.get(PREFIX)
+async def overview(request: Request, _: LoggedIn) -> Response:
+    res = resources(request)
+    first_minute = queries.window_start(datetime.now(UTC))
+    window = queries.HEALTH_WINDOW
+    # Two connections at once: the window statistics (cached a few seconds, shared with
+    # GET /status/stats) and the rows only this page shows.
+    stats, (per_minute, deactivated, breakers) = await asyncio.gather(
+        window_stats(res, window), _overview_rows(res, first_minute)
+    )
+    minutes = int(window / timedelta(minutes=1))
+    return render(
+        request,
+        "overview.html",
+        stats=stats,
+        chart=per_minute_chart(per_minute, first_minute, minutes),
+        deactivated=deactivated,
+        breakers=breakers,
+        queue_depth=stats.get("queue_depth"),
+    )
+
+
+# --- subscriptions ------------------------------------------------------------------
+
+
+@router.get(f"{PREFIX}/subscriptions")
+async def subscriptions_page(
+    request: Request,
+    _: LoggedIn,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+) -> Response:
+    res = resources(request)
+    since = queries.window_start(datetime.now(UTC))
+    async with res.sessions() as db:
+        subs = await list_subscriptions(db, skip=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        total = await queries.count_subscriptions(db)
+        health = await queries.subscription_health(db, [s.id for s in subs], since)
+    return render(
+        request,
+        "subscriptions.html",
+        subscriptions=subs,
+        health=health,
+        total=total,
+        page=page,
+        pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1),
+    )
+
+
+def subscription_form(
+    request: Request,
+    sub: Subscription | None,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    """The create form (``sub`` None) or the edit form, with what was typed and what is wrong."""
+    if values is None:
+        values = {
+            "target_url": sub.target_url if sub else "",
+            "event_types": " ".join(sub.event_types) if sub else "",
+        }
+    return render(
+        request,
+        "subscription_form.html",
+        sub=sub,
+        values=values,
+        errors=errors or {},
+        status_code=status_code,
+    )
+
+
+# Registered before /{subscription_id}, which would otherwise take "new" for an id.
+@router.get(f"{PREFIX}/subscriptions/new")
+async def new_subscription_page(request: Request, _: LoggedIn) -> Response:
+    return subscription_form(request, None)
+
+
+@router.get(f"{PREFIX}/subscriptions/{{subscription_id}}")
+async def subscription_page(
+    subscription_id: uuid.UUID,
+    request: Request,
+    _: LoggedIn,
+    notice: Notice = None,
+) -> Response:
+    res = resources(request)
+    since = queries.window_start(datetime.now(UTC))
+    async with res.sessions() as db:
+        try:
+            sub: Subscription | None = await get_subscription(db, subscription_id)
+        except NotFound:
+            sub = None  # deleted: its delivery history is still worth showing
+        # Raises NotFound when there is neither a subscription nor any history.
+        deliveries = await subscription_deliveries(db, subscription_id, RECENT_ATTEMPTS)
+        health = await queries.subscription_health(db, [subscription_id], since)
+    breaker = (
+        await queries.breaker_state(res.redis, res.settings.topic_prefix, sub.target_url)
+        if sub
+        else None
+    )
+    return render(
+        request,
+        "subscription.html",
+        subscription_id=subscription_id,
+        sub=sub,
+        deliveries=deliveries,
+        health=health.get(subscription_id),
+        breaker=breaker,
+        notice=notice_text(notice),
+        replay_windows=REPLAY_WINDOWS_HOURS,
+    )
+
+
+@router.get(f"{PREFIX}/subscriptions/{{subscription_id}}/edit")
+async def edit_subscription_page(
+    subscription_id: uuid.UUID, request: Request, _: LoggedIn
+) -> Response:
+    async with resources(request).sessions() as db:
+        sub = await get_subscription(db, subscription_id)
+    return subscription_form(request, sub)
+
+
+# --- deliveries ---------------------------------------------------------------------
+
+
+async def delivery_page_response(
+    request: Request,
+    delivery_id: uuid.UUID,
+    *,
+    notice: str | None = None,
+    seen: int | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    async with resources(request).sessions() as db:
+        status = await delivery_status(db, delivery_id)
+        event = await stored_event(db, status.event_id)
+        sub = await db.get(Subscription, status.subscription_id)
+    still_retrying = status.latest_status == AttemptStatus.FAILED_ATTEMPT
+    waiting_for_retry = notice == "retry-queued" and status.total_attempts <= (seen or 0)
+    return render(
+        request,
+        "delivery.html",
+        status_code=status_code,
+        delivery=status,
+        attempts=list(reversed(status.logs)),
+        event=event,
+        payload=payload_view(event.body) if event else None,
+        sub=sub,
+        still_retrying=still_retrying,
+        notice=notice_text(notice),
+        error=error,
+        refresh=REFRESH_SECONDS if still_retrying or waiting_for_retry else None,
+    )
+
+
+@router.get(f"{PREFIX}/deliveries/{{delivery_id}}")
+async def delivery_page(
+    delivery_id: uuid.UUID,
+    request: Request,
+    _: LoggedIn,
+    notice: Notice = None,
+    seen: Count = None,
+) -> Response:
+    return await delivery_page_response(request, delivery_id, notice=notice, seen=seen)
+
+
+# --- dead letters -------------------------------------------------------------------
+
+
+@router.get(f"{PREFIX}/dlq")
+async def dlq_page(
+    request: Request,
+    _: LoggedIn,
+    subscription_id: uuid.UUID | None = None,
+    notice: Notice = None,
+    n: Count = None,
+    expired: Count = None,
+) -> Response:
+    async with resources(request).sessions() as db:
+        letters = await dead_letters(db, subscription_id, DLQ_ROWS)
+    per_subscription: dict[uuid.UUID, int] = {}
+    for item in letters.items:
+        per_subscription[item.subscription_id] = per_subscription.get(item.subscription_id, 0) + 1
+    return render(
+        request,
+        "dlq.html",
+        letters=letters.items,
+        limit=DLQ_ROWS,
+        per_subscription=per_subscription,
+        subscription_id=subscription_id,
+        notice=notice_text(notice, n, expired),
+        replay_windows=REPLAY_WINDOWS_HOURS,
+        default_window=int(DEFAULT_REPLAY_WINDOW / timedelta(hours=1)),
+    )
