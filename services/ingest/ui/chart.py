@@ -16,7 +16,7 @@ from shared.models import AttemptStatus
 # Bottom to top in each stacked bar.
 OUTCOMES = (AttemptStatus.SUCCESS, AttemptStatus.FAILED_ATTEMPT, AttemptStatus.FAILURE)
 WIDTH, HEIGHT = 720.0, 220.0
-LEFT, RIGHT, TOP, BOTTOM = 48.0, 8.0, 10.0, 24.0
+LEFT, RIGHT, TOP, BOTTOM = 48.0, 24.0, 10.0, 24.0  # room for the axis labels
 BAR_FILL = 0.8  # of a minute's slot; the rest is the gap between bars
 
 
@@ -91,7 +91,9 @@ def per_minute_chart(
                     label=f"{at:%H:%M} UTC: {n} {outcome.value}",
                 )
             )
-    y_ticks = [Tick(round(HEIGHT - BOTTOM - plot_h * f, 2), f"{top * f:g}") for f in (0, 0.5, 1)]
+    # Counts are whole numbers: no half-way line when the half would be a fraction.
+    steps = (0, top // 2, top) if top % 2 == 0 else (0, top)
+    y_ticks = [Tick(round(HEIGHT - BOTTOM - plot_h * v / top, 2), str(v)) for v in steps]
     x_ticks = [
         Tick(round(LEFT + slot * slot_w, 2), f"{first_minute + timedelta(minutes=slot):%H:%M}")
         for slot in range(0, minutes + 1, max(minutes // 6, 1))

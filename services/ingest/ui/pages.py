@@ -32,6 +32,8 @@ DLQ_ROWS = 200
 # While a retry is on its way (or a delivery is between attempts) the delivery page
 # reloads itself this often, so the new attempt shows up without a click.
 REFRESH_SECONDS = 2
+# Between automatic retries the next attempt is at least a tier (10 s by default) away.
+RETRYING_REFRESH_SECONDS = 10
 REPLAY_WINDOWS_HOURS = (1, 24, 72)
 
 Notice = Annotated[str | None, Query(max_length=32)]
@@ -48,6 +50,7 @@ def notice_text(code: str | None, n: int | None = None, expired: int | None = No
         "deactivated": "Subscription deactivated: nothing is delivered to it until it is "
         "activated again.",
         "retry-queued": "A new attempt series is queued; this page refreshes until it shows up.",
+        "retry-arrived": "The retry's first attempt is in (the top row).",
         "replayed": f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again"
         + (f"; {expired} past retention, nothing left to send." if expired else "."),
     }
@@ -205,6 +208,13 @@ async def delivery_page_response(
         sub = await db.get(Subscription, status.subscription_id)
     still_retrying = status.latest_status == AttemptStatus.FAILED_ATTEMPT
     waiting_for_retry = notice == "retry-queued" and status.total_attempts <= (seen or 0)
+    if notice == "retry-queued" and not waiting_for_retry:
+        notice = "retry-arrived"
+    refresh = None
+    if waiting_for_retry:
+        refresh = REFRESH_SECONDS
+    elif still_retrying:
+        refresh = RETRYING_REFRESH_SECONDS
     return render(
         request,
         "delivery.html",
@@ -217,7 +227,7 @@ async def delivery_page_response(
         still_retrying=still_retrying,
         notice=notice_text(notice),
         error=error,
-        refresh=REFRESH_SECONDS if still_retrying or waiting_for_retry else None,
+        refresh=refresh,
     )
 
 
