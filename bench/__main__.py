@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.support.stack import IsolatedStack
 
-SECTIONS = ("ingest", "delivery", "fanout", "isolation", "janitor")
+SECTIONS = ("ingest", "delivery", "fanout", "isolation", "janitor", "ui")
 RESULTS = Path(__file__).parent / "results"
 
 
