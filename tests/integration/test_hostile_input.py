@@ -12,6 +12,7 @@ here could ever be delivered off this machine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -311,3 +312,36 @@ async def test_oversized_bodies_on_the_other_routes_are_413(
             assert r.status_code == 413, (path, r.text[:300])
     assert await events.new_count() == 0
     await healthy(client)
+
+
+# --- bursts ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="redis-py 8's pool (shared/redis.py) holds 100 connections and raises "
+    "MaxConnectionsError beyond; ingest's idempotency store takes that for 'Redis down' and "
+    "skips dedupe for 2 s, so a burst of retries with one Idempotency-Key is published once "
+    "per request, each with a new delivery_id",
+)
+async def test_a_burst_of_retries_with_one_idempotency_key_publishes_once(
+    ingest: IngestServer, events: TopicProbe, sub_id: str
+) -> None:
+    # A client whose retries pile up (a proxy replaying on timeout, a queue draining) sends
+    # the same request hundreds of times at once.
+    body = b'{"burst": "one key"}'
+    headers = {
+        "x-hub-signature-256": hub_signature(SECRET, body),
+        "Idempotency-Key": f"burst-{uuid.uuid4()}",
+        "content-type": "application/json",
+    }
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    async with httpx.AsyncClient(base_url=ingest.url, timeout=30, limits=limits) as burst:
+        answers = await asyncio.gather(
+            *(burst.post(f"/ingest/{sub_id}", content=body, headers=headers) for _ in range(400))
+        )
+    codes = {r.status_code for r in answers}
+    assert codes <= {202, 409}, codes
+    delivery_ids = {r.json()["delivery_id"] for r in answers if r.status_code == 202}
+    published = await events.new_count()
+    assert (len(delivery_ids), published) == (1, 1)
