@@ -5,14 +5,17 @@ Plain unit tests (no stack, no browser); they live beside the browser tests they
 
 from __future__ import annotations
 
+import tomllib
 from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
 
 import pytest
 
 from services.ingest.ui import session as sessions
 from services.ingest.ui.chart import HEIGHT, nice_ceiling, per_minute_chart
 from services.ingest.ui.payload import payload_view
-from services.ingest.ui.web import safe_next, templates
+from services.ingest.ui.web import STATIC_DIR, TEMPLATES_DIR, safe_next, templates
+from tests.support.stack import ROOT
 
 KEY = sessions.signing_key(b"the-api-key")
 NOW = 1_800_000_000.0
@@ -147,3 +150,19 @@ def test_templates_escape_everything() -> None:
     )
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&#39;&#34;" in html
+
+
+def test_every_template_and_static_file_is_packaged() -> None:
+    """``pip install .`` (the Docker image) ships only the data files pyproject names."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["services.ingest.ui"]
+    package = ROOT / "services" / "ingest" / "ui"
+    files = [
+        PurePosixPath(p.relative_to(package).as_posix())
+        for folder in (TEMPLATES_DIR, STATIC_DIR)
+        for p in folder.rglob("*")
+        if p.is_file()
+    ]
+    assert files
+    missing = [f for f in files if not any(f.match(pattern) for pattern in patterns)]
+    assert missing == []
