@@ -57,6 +57,11 @@ class PartitionOffsets:
         return len(self._started)
 
     @property
+    def unfinished(self) -> int:
+        """Started and not finished: the work still in progress."""
+        return len(self._started) - len(self._done)
+
+    @property
     def commit_point(self) -> int | None:
         """The offset to commit: first unfinished, or one past the highest started."""
         if self._started:

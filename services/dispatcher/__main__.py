@@ -10,6 +10,7 @@ import asyncio
 import gc
 
 from services.dispatcher.attempts import AttemptWriter
+from services.dispatcher.breaker_gate import BreakerGate
 from services.dispatcher.consumer import Dispatcher
 from services.dispatcher.delivery_stage import DeliveryStage
 from services.dispatcher.fanout import EventWriter, FanOutStage
@@ -71,11 +72,13 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                     attempts=attempts,
                     sessions=res.sessions,
                     redis=res.redis,
-                    breaker=CircuitBreaker(
-                        res.redis,
-                        settings.topic_prefix,
-                        # A probe's lease must outlast the request it lets through.
-                        BreakerConfig(probe_lease=max(15.0, settings.delivery_timeout + 5)),
+                    breaker=BreakerGate(
+                        CircuitBreaker(
+                            res.redis,
+                            settings.topic_prefix,
+                            # A probe's lease must outlast the request it lets through.
+                            BreakerConfig(probe_lease=max(15.0, settings.delivery_timeout + 5)),
+                        )
                     ),
                 ),
                 drain_timeout=drain_timeout(settings),

@@ -7,10 +7,10 @@ revoked or the process stops, each partition commits its first unfinished offset
 (``shared.offsets``): a slow early record holds its partition's commit point back, and a
 crash replays from there. At-least-once, never auto-commit (design §3).
 
-Flow control is per partition: a partition with too many records not yet committable, or
-too many body bytes held, is paused (and the loop keeps polling, so the consumer stays in
-the group); it resumes at half. One slow target therefore stalls at most the partitions
-its jobs sit in, and memory stays bounded.
+Flow control is per partition: a partition with too many records in progress, too many
+body bytes held or too many records not yet committable is paused (and the loop keeps
+polling, so the consumer stays in the group); it resumes at half. A slow record holds
+its partition's commit point, not its deliveries, and memory stays bounded.
 
 Rebalances (eager protocol: every partition is revoked, then the new set assigned):
 ``on_partitions_revoked`` cancels revoked jobs that have not started their request,
@@ -46,12 +46,17 @@ log = get_logger("dispatcher")
 # Commit points are sent every 100 ms: what a crash replays is at most this much finished
 # work (plus what sits behind a slow record); one small request per interval is cheap.
 COMMIT_INTERVAL = 0.1
-# Records per partition not yet committable before the partition is paused: a third of a
-# second of work at 3,000/s, so a healthy partition rarely pauses; it also bounds memory
-# and what a crash replays. 500, 1,000 and 2,000 measured the same CPU per delivery.
-PARTITION_WINDOW = 1000
-# Body bytes held per partition before pausing it (bodies are up to 256 KiB each).
+# Flow control per partition. A partition pauses when it has PARTITION_ACTIVE records in
+# progress (a task each) or PARTITION_BYTES of their bodies, or PARTITION_BACKLOG records
+# not yet committable; it resumes at half of each. Jobs queued behind a dead target count
+# as in progress until they are deferred (LANE_PATIENCE, 5 s), so the active bound is
+# generous: 4,000 tasks are ~12 MB. The backlog bound is larger still because finished
+# records waiting behind a slow one cost an integer each: one record stuck for a 10 s
+# timeout must not stop its partition (at 500 records/s that is 5,000). It is also the
+# most a crash can replay.
+PARTITION_ACTIVE = 4000
 PARTITION_BYTES = 16 * 1024 * 1024
+PARTITION_BACKLOG = 20_000
 # Events fanned out by one task: amortises the task, the ack wait and the row wait.
 # Small enough that a chunk of broadcast events (1,000 subscriptions each) stays a
 # reasonable publish: 32,000 jobs.
@@ -72,10 +77,18 @@ class Partition(PartitionOffsets):
         self.paused = False
 
     def over_window(self) -> bool:
-        return self.pending >= PARTITION_WINDOW or self.bytes >= PARTITION_BYTES
+        return (
+            self.unfinished >= PARTITION_ACTIVE
+            or self.bytes >= PARTITION_BYTES
+            or self.pending >= PARTITION_BACKLOG
+        )
 
     def under_half(self) -> bool:
-        return self.pending <= PARTITION_WINDOW // 2 and self.bytes <= PARTITION_BYTES // 2
+        return (
+            self.unfinished <= PARTITION_ACTIVE // 2
+            and self.bytes <= PARTITION_BYTES // 2
+            and self.pending <= PARTITION_BACKLOG // 2
+        )
 
 
 @dataclass(slots=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from yarl import URL
 
 from services.dispatcher.attempts import AttemptWriter, attempt_row
+from services.dispatcher.breaker_gate import BreakerGate
 from services.dispatcher.delivery import (
     Decision,
     Outcome,
@@ -38,7 +38,7 @@ from services.dispatcher.delivery import (
 from services.dispatcher.limits import TargetLimits
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.sender import post
-from shared.breaker import CircuitBreaker, target_of
+from shared.breaker import target_of
 from shared.logging import get_logger
 from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, RETRIES
 from shared.models import AttemptStatus, Subscription
@@ -59,6 +59,11 @@ _DELIVERIES = {status: DELIVERIES.labels(status.value) for status in AttemptStat
 _signing_key = lru_cache(maxsize=4096)(standard_webhooks_key)
 
 _TARGET_CACHE_SIZE = 10_000
+# A job waiting for a target's slot is deferred unattempted once the target has finished
+# nothing for this long: a dead target would otherwise keep its queue, and its
+# partitions' flow-control budget, for a whole delivery timeout (10 s) until its breaker
+# opens. A busy target that keeps answering is waited for.
+LANE_PATIENCE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,7 @@ class DeliveryStage:
     attempts: AttemptWriter
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
-    breaker: CircuitBreaker | None = None
+    breaker: BreakerGate | None = None
     limits: TargetLimits = dataclasses.field(init=False)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
 
@@ -102,12 +107,6 @@ class DeliveryStage:
         # Read at scrape time rather than updated twice per delivery.
         limits = self.limits
         IN_FLIGHT.set_function(lambda: limits.in_flight)
-
-    def _breaker_allow(self) -> Callable[[str], Awaitable[bool]] | None:
-        """The breaker's ``allow``, when jobs have a tier to wait on while it is open."""
-        if self.breaker is None or not self.settings.retry_schedule:
-            return None
-        return self.breaker.allow
 
     async def run(self, job: DeliveryJob, progress: Progress) -> None:
         sub = await self.cache.get(job.subscription_id)
@@ -123,8 +122,8 @@ class DeliveryStage:
                 outcome = Outcome.refused(target.refused)
             else:
                 attempted = await self._attempt(job, sub, target, progress)
-                if attempted is None:
-                    await self._defer(job, target)
+                if isinstance(attempted, str):
+                    await self._defer(job, attempted)
                     return
                 outcome, duration_ms = attempted
                 if self.breaker is not None and (outcome.status_code or outcome.retryable):
@@ -142,8 +141,9 @@ class DeliveryStage:
 
     async def _attempt(
         self, job: DeliveryJob, sub: SubscriptionView, target: Target, progress: Progress
-    ) -> tuple[Outcome, int] | None:
-        """(outcome, duration in ms), or None when the target's breaker is open.
+    ) -> tuple[Outcome, int] | str:
+        """(outcome, duration in ms), or why the job is put aside unattempted: the
+        target's breaker is open, or its slots stayed busy for ``LANE_PATIENCE``.
 
         The breaker is asked while holding the target's slot: its answer may take a
         Redis round trip, and a job waiting for it must not be overtaken by more than a
@@ -151,17 +151,19 @@ class DeliveryStage:
         replayed after a crash).
         """
         limits = self.limits
-        await limits.acquire(target.key)
-        allow = self._breaker_allow()
-        if allow is not None:
+        # Deferring needs a tier to wait on; with no retries at all, jobs just queue.
+        can_defer = bool(self.settings.retry_schedule)
+        if not await limits.acquire(target.key, LANE_PATIENCE if can_defer else None):
+            return f"target {target.key} stalled ({LANE_PATIENCE:g}s, no answer): not attempted"
+        if self.breaker is not None and can_defer:
             try:
-                allowed = await allow(target.key)
+                allowed = await self.breaker.allow(target.key)
             except BaseException:
                 limits.release(target.key)
                 raise
             if not allowed:
                 limits.release(target.key)
-                return None
+                return f"circuit open for {target.key}: not attempted"
         progress.sending = True
         started = time.perf_counter()
         try:
@@ -203,9 +205,10 @@ class DeliveryStage:
             self._targets[raw] = target
         return target
 
-    async def _defer(self, job: DeliveryJob, target: Target) -> None:
-        """The target's breaker is open: no request, no attempt used up. The job waits on
-        the tier of its current attempt's delay and comes back with the same number."""
+    async def _defer(self, job: DeliveryJob, reason: str) -> None:
+        """The target's breaker is open, or it is saturated: no request, no attempt used
+        up. The job waits on the tier of its current attempt's delay and comes back with
+        the same number."""
         schedule = self.settings.retry_schedule
         now = datetime.now(UTC)
         retry = next_retry(
@@ -215,8 +218,7 @@ class DeliveryStage:
             now=now,
             jitter=self.settings.retry_jitter,
         )
-        assert retry is not None  # the schedule is not empty (see _breaker_allow)
-        reason = f"circuit open for {target.key}: not attempted"
+        assert retry is not None  # the schedule is not empty (see _attempt)
         waiting = dataclasses.replace(job, due_at=retry.due_at, last_error=reason)
         await self.publisher.publish(
             [OutRecord(retry.topic, waiting.key, waiting.body, waiting.headers())],
@@ -227,7 +229,7 @@ class DeliveryStage:
             delivery_id=str(job.delivery_id),
             subscription_id=str(job.subscription_id),
             attempt=job.attempt,
-            target=target.key,
+            reason=reason,
             due_at=retry.due_at.isoformat(),
         )
 

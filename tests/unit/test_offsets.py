@@ -29,6 +29,7 @@ def test_a_slow_early_record_blocks_commits_past_it() -> None:
         part.finish(offset)
     assert part.commit_point == 0
     assert part.pending == 10
+    assert part.unfinished == 1
     part.finish(0)
     assert part.commit_point == 10
     assert part.pending == 0

@@ -1,0 +1,63 @@
+"""A per-process memo in front of the shared circuit breaker (``shared/breaker.py``).
+
+The breaker answers from its local view for a second, then asks Redis. At thousands of
+deliveries a second every job holding a slot for a target whose view has just gone stale
+asks Redis at the same moment (up to 64 per target, and again to report its success),
+which exhausted the Redis client's 100 connections in the benchmark and sent the breaker
+to its local-only fallback. The gate remembers for ``fresh`` seconds that a target's
+breaker said "closed", answers from that, and does not report successes meanwhile (the
+breaker skips those round trips itself when its view is fresh). A failure always reaches
+the breaker and drops the memo, so an opening breaker is seen within ``fresh``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from shared.breaker import BreakerState, CircuitBreaker
+
+# 100 ms: a target that turns bad gets at most a tenth of a second of extra requests
+# before the dispatcher sees its breaker open; a healthy one costs ≤ 10 lookups a second.
+FRESH = 0.1
+_MAX_TARGETS = 10_000
+
+
+class BreakerGate:
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        *,
+        fresh: float = FRESH,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._breaker = breaker
+        self._fresh = fresh
+        self._clock = clock
+        self._closed_at: dict[str, float] = {}
+
+    async def allow(self, target: str) -> bool:
+        now = self._clock()
+        seen = self._closed_at.get(target)
+        if seen is not None:
+            if now - seen < self._fresh:
+                return True
+            # Claim the refresh: callers arriving while it runs keep the memo's answer.
+            self._closed_at[target] = now
+        allowed = await self._breaker.allow(target)
+        if allowed and self._breaker.state(target) is BreakerState.CLOSED:
+            if len(self._closed_at) >= _MAX_TARGETS:
+                self._closed_at.clear()
+            self._closed_at[target] = self._clock()
+        else:
+            self._closed_at.pop(target, None)
+        return allowed
+
+    async def record(self, target: str, ok: bool) -> None:
+        if ok:
+            seen = self._closed_at.get(target)
+            if seen is not None and self._clock() - seen < self._fresh:
+                return
+        else:
+            self._closed_at.pop(target, None)
+        await self._breaker.record(target, ok)

@@ -1,0 +1,55 @@
+"""The dispatcher's memo in front of the circuit breaker: fewer lookups, same decisions."""
+
+from __future__ import annotations
+
+from services.dispatcher.breaker_gate import BreakerGate
+from shared.breaker import BreakerConfig, BreakerState, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingBreaker(CircuitBreaker):
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(None, "t", BreakerConfig(failure_threshold=2), clock=clock)
+        self.asked = 0
+        self.told: list[bool] = []
+
+    async def allow(self, target: str) -> bool:
+        self.asked += 1
+        return await super().allow(target)
+
+    async def record(self, target: str, ok: bool) -> None:
+        self.told.append(ok)
+        await super().record(target, ok)
+
+
+async def test_a_closed_target_is_asked_about_once_per_fresh_period() -> None:
+    clock = Clock()
+    breaker = CountingBreaker(clock)
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    for _ in range(100):
+        assert await gate.allow("a:80")
+        await gate.record("a:80", ok=True)
+    assert breaker.asked == 1
+    assert breaker.told == []
+    clock.now += 0.2
+    assert await gate.allow("a:80")
+    assert breaker.asked == 2
+
+
+async def test_failures_always_reach_the_breaker_and_an_open_one_is_seen_at_once() -> None:
+    clock = Clock()
+    breaker = CountingBreaker(clock)
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    assert await gate.allow("b:80")
+    await gate.record("b:80", ok=False)
+    await gate.record("b:80", ok=False)
+    assert breaker.told == [False, False]
+    assert breaker.state("b:80") is BreakerState.OPEN
+    assert not await gate.allow("b:80")  # no stale "closed" memo survives a failure
