@@ -22,7 +22,7 @@ from shared.records import DeliveryJob, delivery_id_for
 from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess
 from tests.support.stack import IsolatedStack
-from tests.support.targets import Received, TargetServer
+from tests.support.targets import BlackHole, Received, TargetServer
 
 # Whitespace, key order and non-ASCII that a re-serialiser would change.
 BODY = '{"z": 1,   "a": [1, 2 ,3],\n "s": "h\\u00e9llo é", "n": 1.50}'.encode()
@@ -474,3 +474,22 @@ async def test_an_open_circuit_defers_jobs_without_a_request_or_a_used_attempt(
         await _settle()
         assert len(down.received("/down")) == 5
         assert await world.attempts("delivery_id = ANY(:ids)", ids=list(ids)) == []
+
+
+async def test_a_dead_target_does_not_slow_healthy_ones(
+    world: DispatchWorld, target: TargetServer
+) -> None:
+    async with BlackHole() as hole:
+        dead = await world.add_subscription(hole.url())
+        alive = await world.add_subscription(target.url("/alive-beside-dead"))
+        # Interleaved on one partition: dead, alive, dead, alive …
+        jobs = [
+            DeliveryJob.for_event(world.event(kind(), BODY), dead if i % 2 == 0 else alive)
+            for i in range(300)
+        ]
+        started = time.monotonic()
+        await world.produce_jobs(jobs, partition=3)
+        await target.wait_for(150, "/alive-beside-dead", timeout=DELIVERY_TIMEOUT * 2)
+        # Every healthy job arrived before the dead target's first requests timed out.
+        assert time.monotonic() - started < DELIVERY_TIMEOUT + 1.0
+        assert 0 < hole.connections <= 64  # the per-target bound held

@@ -140,6 +140,15 @@ class DispatchWorld:
             partition=partition,
         )
 
+    async def produce_jobs(self, jobs: Sequence[DeliveryJob], partition: int | None = None) -> None:
+        acks = [
+            await self.producer.send(
+                self.topics.deliveries, j.body, key=j.key, headers=j.headers(), partition=partition
+            )
+            for j in jobs
+        ]
+        await asyncio.gather(*acks)
+
     async def produce_raw(
         self, topic: str, value: bytes, headers: Headers, key: bytes, partition: int | None = None
     ) -> Any:

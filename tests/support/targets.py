@@ -1,5 +1,7 @@
 """Real HTTP targets on loopback for tests and benchmarks.
 
+``BlackHole`` accepts connections and never answers.
+
 ``TargetServer`` runs in the test's event loop (aiohttp.web on 127.0.0.1, a free port),
 records every request (path, headers, exact body, arrival time) and answers as told per
 path: any status, extra headers (``Retry-After``), a body, a delay.
@@ -114,6 +116,34 @@ class TargetServer:
         if reply.delay:
             await asyncio.sleep(reply.delay)
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
+
+
+class BlackHole:
+    """Accepts connections on loopback and never answers: the worst kind of target."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> BlackHole:
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self._writers.append(writer)
+
+        self._server = await asyncio.start_server(swallow, LOOPBACK, self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://{LOOPBACK}:{self.port}{path}"
 
 
 # --- the sink as its own process ----------------------------------------------------
