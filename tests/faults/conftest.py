@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faults.harness import REPORT_LINES
-from tests.support.private_stack import PrivateNamespace, PrivateStack, private_stack
+from tests.support.private_stack import Component, PrivateNamespace, PrivateStack, private_stack
 
-COMPONENTS = ("postgres", "redis", "kafka")
+COMPONENTS: tuple[Component, ...] = ("postgres", "redis", "kafka")
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,7 @@ async def test_kafka_broker_stopped_and_restarted(
         )
         took = await wait_until(
             lambda: run.traffic.accepted_count(up) > 0,
-            timeout=90,
+            timeout=45,
             what="ingest to answer 202 again",
             details=run.services.tails,
         )

@@ -75,8 +75,9 @@ def tripwire(monkeypatch: pytest.MonkeyPatch) -> Tripwire:
     """Every session make_session builds meanwhile carries the tripwire."""
     wire = Tripwire()
     session_class = aiohttp.ClientSession
+    # sender.make_session looks the class up on the aiohttp module at call time.
     monkeypatch.setattr(
-        sender.aiohttp,
+        aiohttp,
         "ClientSession",
         functools.partial(session_class, trace_configs=[wire.config]),
     )

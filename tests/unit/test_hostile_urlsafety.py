@@ -93,9 +93,15 @@ BLOCKED_V6 = [
 ]
 
 
-def _edges(network: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _edges(network: str) -> list[IPAddress]:
     net = ipaddress.ip_network(network)
-    return [net[0], net[-1]]
+    first, last = net[0], net[-1]
+    assert isinstance(first, IPAddress)
+    assert isinstance(last, IPAddress)
+    return [first, last]
 
 
 def _disguises(v4: ipaddress.IPv4Address) -> list[ipaddress.IPv6Address]:
@@ -142,7 +148,9 @@ async def test_every_blocked_ipv4_range_is_refused_edge_to_edge_and_in_disguise(
     network: str,
 ) -> None:
     for v4 in _edges(network):
-        for address in [v4, *_disguises(v4)]:
+        assert isinstance(v4, ipaddress.IPv4Address)
+        forms: list[IPAddress] = [v4, *_disguises(v4)]
+        for address in forms:
             assert classify_address(address) is not None, address
             with pytest.raises(UnsafeTargetError):
                 check_url(_url(address))
@@ -155,7 +163,8 @@ async def test_every_blocked_ipv4_range_is_refused_edge_to_edge_and_in_disguise(
 @pytest.mark.parametrize("address", PUBLIC_V4)
 def test_the_public_neighbours_of_every_range_pass(address: str) -> None:
     v4 = ipaddress.IPv4Address(address)
-    for form in [v4, *_disguises(v4)]:
+    forms: list[IPAddress] = [v4, *_disguises(v4)]
+    for form in forms:
         assert classify_address(form) is None, form
     check_url(_url(v4))
     check_addresses("hooks.example", [address, str(_disguises(v4)[0])])
