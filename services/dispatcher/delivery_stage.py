@@ -99,10 +99,15 @@ class DeliveryStage:
     breaker: BreakerGate | None = None
     limits: TargetLimits = dataclasses.field(init=False)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
+    _can_defer: bool = dataclasses.field(init=False, default=True)
 
     def __post_init__(self) -> None:
+        # Deferring needs a tier to wait on; with no retries at all, jobs just queue.
+        self._can_defer = bool(self.settings.retry_schedule)
         self.limits = TargetLimits(
-            self.settings.max_in_flight, self.settings.max_in_flight_per_target
+            self.settings.max_in_flight,
+            self.settings.max_in_flight_per_target,
+            patience=LANE_PATIENCE if self._can_defer else None,
         )
         # Read at scrape time rather than updated twice per delivery.
         limits = self.limits
@@ -151,11 +156,9 @@ class DeliveryStage:
         replayed after a crash).
         """
         limits = self.limits
-        # Deferring needs a tier to wait on; with no retries at all, jobs just queue.
-        can_defer = bool(self.settings.retry_schedule)
-        if not await limits.acquire(target.key, LANE_PATIENCE if can_defer else None):
+        if not await limits.acquire(target.key):
             return f"target {target.key} stalled ({LANE_PATIENCE:g}s, no answer): not attempted"
-        if self.breaker is not None and can_defer:
+        if self.breaker is not None and self._can_defer:
             try:
                 allowed = await self.breaker.allow(target.key)
             except BaseException:

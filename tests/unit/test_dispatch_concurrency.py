@@ -151,25 +151,28 @@ async def test_close_flushes_what_is_buffered() -> None:
         writer.add(8)
 
 
-async def test_a_waiter_gives_up_on_a_stalled_target_only() -> None:
-    limits = TargetLimits(total=10, per_target=1)
+async def test_waiters_give_up_on_a_stalled_target_only() -> None:
+    limits = TargetLimits(total=10, per_target=1, patience=0.2)
     # Stalled: the one slot is held and nothing finishes.
     assert await limits.acquire("dead")
-    started = asyncio.get_running_loop().time()
-    assert await limits.acquire("dead", patience=0.2) is False
-    assert asyncio.get_running_loop().time() - started >= 0.2
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = [asyncio.create_task(limits.acquire("dead")) for _ in range(3)]
+    assert await asyncio.gather(*waiting) == [False, False, False]
+    assert loop.time() - started >= 0.19
     limits.release("dead")
     assert limits.active_targets() == 0
 
     # Busy but answering: each holder finishes after 0.1 s, so a waiter queued behind
-    # four of them waits well past its patience and still gets its turn.
+    # four of them waits well past the patience and still gets its turn.
     async def hold(seconds: float) -> None:
-        assert await limits.acquire("busy", patience=0.15)
+        assert await limits.acquire("busy")
         await asyncio.sleep(seconds)
         limits.release("busy")
 
     holders = [asyncio.create_task(hold(0.1)) for _ in range(4)]
     await asyncio.sleep(0)
-    assert await asyncio.wait_for(limits.acquire("busy", patience=0.15), 2)
+    assert await asyncio.wait_for(limits.acquire("busy"), 2)
     limits.release("busy")
     await asyncio.gather(*holders)
+    assert limits.active_targets() == 0
