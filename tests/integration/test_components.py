@@ -53,16 +53,22 @@ async def test_migration_partitions_attempts_and_events_by_time(engine: AsyncEng
             )
         ).all()
         # A row stamped now lands in a range partition, not the default one.
+        # Other tests share this database: find our row by its id.
+        row_id = uuid.uuid4()
         await conn.execute(
             text(
                 "INSERT INTO delivery_attempts (id, created_at, delivery_id, event_id, "
                 "subscription_id, target_url, event_type, attempt_number, status) VALUES "
-                "(gen_random_uuid(), now(), gen_random_uuid(), gen_random_uuid(), "
+                "(:id, now(), gen_random_uuid(), gen_random_uuid(), "
                 "gen_random_uuid(), 'http://x', 't', 1, 'SUCCESS')"
-            )
+            ),
+            {"id": row_id},
         )
         where = (
-            await conn.execute(text("SELECT tableoid::regclass::text FROM delivery_attempts"))
+            await conn.execute(
+                text("SELECT tableoid::regclass::text FROM delivery_attempts WHERE id = :id"),
+                {"id": row_id},
+            )
         ).scalar_one()
     counts = dict(rows)
     assert counts["events"] > 2
