@@ -64,6 +64,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         publisher = Publisher(producer, timeout=settings.publish_timeout)
         lag = await LagProbe.start(settings)
         stack.push_async_callback(lag.close)
+        stats_cache = StatsCache()
+        stack.push_async_callback(stats_cache.close)
         yield Resources(
             settings=settings,
             topics=topics,
@@ -77,5 +79,5 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 settings, topics, cache, publisher, IdempotencyStore(redis, settings)
             ),
             lag=lag,
-            stats_cache=StatsCache(),
+            stats_cache=stats_cache,
         )

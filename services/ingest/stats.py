@@ -9,8 +9,10 @@ because dashboards poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -29,6 +31,8 @@ log = get_logger("ingest.stats")
 
 MAX_WINDOW = timedelta(hours=24)
 CACHE_SECONDS = 5.0
+# Past the fresh period an answer is served while it is recomputed, up to this age.
+STALE_SECONDS = 60.0
 # Lag comes from the broker; a slow broker must not hold the stats answer hostage.
 LAG_TIMEOUT = 2.0
 
@@ -111,22 +115,65 @@ def _round(value: float | None) -> float | None:
 
 
 class StatsCache:
-    """Remembers each (window, top) answer for a few seconds."""
+    """Each (window, top) answer, fresh for ``ttl`` seconds, then served stale while one
+    background task recomputes it (for up to ``stale`` seconds; older answers are
+    recomputed before answering). Concurrent requests for the same key share one run.
 
-    def __init__(self, ttl: float = CACHE_SECONDS) -> None:
+    Why: on 100k attempts in the window one computation takes ~115 ms of PostgreSQL time;
+    a dashboard polling every 30 s would otherwise pay it on every load.
+    """
+
+    def __init__(self, ttl: float = CACHE_SECONDS, stale: float = STALE_SECONDS) -> None:
         self._ttl = ttl
+        self._stale = stale
         self._entries: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
+        self._pending: dict[tuple[int, int], asyncio.Task[dict[str, Any]]] = {}
 
-    def get(self, window: timedelta, top: int) -> dict[str, Any] | None:
-        entry = self._entries.get((int(window.total_seconds()), top))
-        if entry is None or time.monotonic() - entry[0] > self._ttl:
-            return None
-        return entry[1]
+    async def get_or_compute(
+        self,
+        window: timedelta,
+        top: int,
+        compute: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        key = (int(window.total_seconds()), top)
+        entry = self._entries.get(key)
+        age = time.monotonic() - entry[0] if entry is not None else float("inf")
+        if entry is not None and age <= self._ttl:
+            return entry[1]
+        task = self._pending.get(key) or self._start(key, compute)
+        if entry is not None and age <= self._stale:
+            return entry[1]
+        # shield: a client that goes away does not cancel the run others are waiting on.
+        return await asyncio.shield(task)
 
-    def put(self, window: timedelta, top: int, value: dict[str, Any]) -> None:
-        if len(self._entries) > 64:  # windows are user input: keep the cache small
-            self._entries.clear()
-        self._entries[(int(window.total_seconds()), top)] = (time.monotonic(), value)
+    def _start(
+        self, key: tuple[int, int], compute: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> asyncio.Task[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            return await compute()
+
+        task = asyncio.create_task(run())
+        self._pending[key] = task
+
+        def done(t: asyncio.Task[dict[str, Any]]) -> None:
+            self._pending.pop(key, None)
+            if t.cancelled():
+                return
+            if t.exception() is not None:  # the awaiting request reports it; keep the old answer
+                return
+            if len(self._entries) > 64:  # windows are user input: keep the cache small
+                self._entries.clear()
+            self._entries[key] = (time.monotonic(), t.result())
+
+        task.add_done_callback(done)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._pending.values()):
+            task.cancel()
+        for task in list(self._pending.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def queue_depth(res: Resources) -> dict[str, int] | None:
@@ -149,14 +196,15 @@ async def queue_depth(res: Resources) -> dict[str, int] | None:
 async def window_stats(res: Resources, span: timedelta, top: int = 10) -> dict[str, Any]:
     """``compute_stats`` plus queue depth, through the few-second cache that the API route
     and the dashboard share. The answer is shared too: callers must not change it."""
-    cached = res.stats_cache.get(span, top)
-    if cached is not None:
-        return cached
-    async with res.sessions() as session:
-        result = await compute_stats(session, span, top)
-    result["queue_depth"] = await queue_depth(res)
-    res.stats_cache.put(span, top, result)
-    return result
+
+    async def compute() -> dict[str, Any]:
+        async with res.sessions() as session:
+            result = await compute_stats(session, span, top)
+        result["queue_depth"] = await queue_depth(res)
+        result["computed_at"] = datetime.now(UTC).isoformat()
+        return result
+
+    return await res.stats_cache.get_or_compute(span, top, compute)
 
 
 router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
