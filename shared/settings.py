@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     max_in_flight_per_target: int = Field(64, ge=1)
     response_excerpt_bytes: int = Field(1024, ge=0)
     dispatcher_processes: int = Field(1, ge=1)
+    # A subscription that failed this many deliveries in a row (each one after all its
+    # attempts, ~21 h with the default schedule), the first at least deactivate_after
+    # ago, is deactivated. Both must hold: a burst of failures in a short outage does
+    # not deactivate; neither does one lonely failure a day ago.
+    deactivate_after_failures: int = Field(50, ge=1)
+    deactivate_after: timedelta = timedelta(hours=24)
 
     # --- retention (janitor) ---------------------------------------------------------
     retention_hours: int = Field(72, ge=1)
@@ -103,7 +109,9 @@ class Settings(BaseSettings):
             return tuple(parse_duration(p) for p in parts)
         return value
 
-    @field_validator("idempotency_ttl", "partition_width", "janitor_interval", mode="before")
+    @field_validator(
+        "idempotency_ttl", "partition_width", "janitor_interval", "deactivate_after", mode="before"
+    )
     @classmethod
     def _parse_delta(cls, value: object) -> object:
         if isinstance(value, str):

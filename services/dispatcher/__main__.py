@@ -16,11 +16,13 @@ from services.dispatcher.delivery_stage import DeliveryStage
 from services.dispatcher.fanout import EventWriter, FanOutStage
 from services.dispatcher.publishing import Publisher
 from services.dispatcher.resources import open_resources
+from services.dispatcher.streaks import Deactivated, StreakPolicy
 from shared.breaker import BreakerConfig, CircuitBreaker
 from shared.logging import get_logger
 from shared.metrics import serve_metrics
 from shared.runner import run_worker
 from shared.settings import Settings
+from shared.subscriptions import notify_changed
 
 log = get_logger("dispatcher")
 
@@ -52,7 +54,25 @@ def drain_timeout(settings: Settings) -> float:
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     serve_metrics(settings.metrics_port, settings.metrics_host)
     async with open_resources(settings) as res:
-        attempts = AttemptWriter(res.pg)
+
+        async def deactivated(subs: list[Deactivated]) -> None:
+            for sub in subs:
+                log.warning(
+                    "subscription deactivated: failed every delivery",
+                    subscription_id=str(sub.subscription_id),
+                    failures=sub.streak,
+                    failing_since=sub.since.isoformat(),
+                )
+                await notify_changed(res.redis, settings.topic_prefix, sub.subscription_id)
+            res.cache.invalidate()
+
+        attempts = AttemptWriter(
+            res.pg,
+            streak_policy=StreakPolicy(
+                settings.deactivate_after_failures, settings.deactivate_after
+            ),
+            on_deactivated=deactivated,
+        )
         events = EventWriter(res.pg)
         attempts.start()
         events.start()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 
+from services.dispatcher import streaks
 from services.dispatcher.batching import GroupCommit
+from services.dispatcher.streaks import Deactivated, Streak, StreakPolicy
+from shared.logging import get_logger
 from shared.models import ATTEMPT_COLUMNS, AttemptStatus
 from shared.records import DeliveryJob
+
+log = get_logger("dispatcher.attempts")
 
 # One tuple per row, in ATTEMPT_COLUMNS order (what COPY takes).
 AttemptRow = tuple[
@@ -87,11 +93,27 @@ def is_transient_db_error(exc: BaseException) -> bool:
 
 
 class AttemptWriter:
-    """``write(row)`` resolves once the row is committed (COPY, a batch at a time)."""
+    """``write(row)`` resolves once the row is committed (COPY, a batch at a time).
 
-    def __init__(self, pool: asyncpg.Pool, *, window: float = 0.02, max_rows: int = 2000):
+    A row written with a ``streak`` mark also counts towards its subscription's failure
+    streak (``streaks.py``): after each COPY, one statement updates the batch's
+    subscriptions, and ``on_deactivated`` hears of those it deactivated. The streak
+    update is best effort: a failure is logged and never re-copies the rows.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        window: float = 0.02,
+        max_rows: int = 2000,
+        streak_policy: StreakPolicy | None = None,
+        on_deactivated: Callable[[list[Deactivated]], Awaitable[None]] | None = None,
+    ):
         self._pool = pool
-        self._batch: GroupCommit[AttemptRow] = GroupCommit(
+        self._policy = streak_policy
+        self._on_deactivated = on_deactivated
+        self._batch: GroupCommit[tuple[AttemptRow, Streak | None]] = GroupCommit(
             "attempts",
             self._copy,
             is_transient=is_transient_db_error,
@@ -105,11 +127,29 @@ class AttemptWriter:
     async def close(self, grace: float) -> None:
         await self._batch.close(grace)
 
-    def write(self, row: AttemptRow) -> asyncio.Future[None]:
-        return self._batch.add(row)
+    def write(self, row: AttemptRow, streak: Streak | None = None) -> asyncio.Future[None]:
+        return self._batch.add((row, streak))
 
-    async def _copy(self, rows: list[AttemptRow]) -> None:
+    async def _copy(self, items: list[tuple[AttemptRow, Streak | None]]) -> None:
         async with self._pool.acquire() as conn:
             await conn.copy_records_to_table(
-                "delivery_attempts", records=rows, columns=ATTEMPT_COLUMNS
+                "delivery_attempts", records=[row for row, _ in items], columns=ATTEMPT_COLUMNS
             )
+            if self._policy is None:
+                return
+            # (subscription_id, mark, created_at) of the rows that count.
+            marks = [(row[4], mark, row[1]) for row, mark in items if mark is not None]
+            if not marks:
+                return
+            try:
+                deactivated = await streaks.apply(
+                    conn, streaks.tally(marks), self._policy, datetime.now(UTC)
+                )
+            except Exception as exc:
+                log.warning("failure streaks not updated", rows=len(marks), error=repr(exc))
+                return
+        if deactivated and self._on_deactivated is not None:
+            try:
+                await self._on_deactivated(deactivated)
+            except Exception as exc:  # the rows are durable: never copy them again
+                log.warning("deactivation not announced", error=repr(exc))

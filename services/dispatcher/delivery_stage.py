@@ -38,6 +38,7 @@ from services.dispatcher.delivery import (
 from services.dispatcher.limits import TargetLimits
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.sender import post
+from services.dispatcher.streaks import Streak
 from shared.breaker import target_of
 from shared.logging import get_logger
 from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, RETRIES
@@ -255,6 +256,12 @@ class DeliveryStage:
             jitter=self.settings.retry_jitter,
             now=now,
         )
+        streak: Streak | None = None
+        if sub is not None and sub.is_active:
+            if decision.status is AttemptStatus.SUCCESS:
+                streak = Streak.SUCCEEDED
+            elif decision.status is AttemptStatus.FAILURE:
+                streak = Streak.FAILED
         row_durable = self.attempts.write(
             attempt_row(
                 job,
@@ -265,7 +272,8 @@ class DeliveryStage:
                 duration_ms=duration_ms,
                 excerpt=outcome.excerpt,
                 now=now,
-            )
+            ),
+            streak,
         )
         follow_up = self._follow_up(job, decision)
         if follow_up:

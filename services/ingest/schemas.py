@@ -80,6 +80,9 @@ class SubscriptionOut(BaseModel):
     target_url: str
     event_types: list[str]
     is_active: bool
+    deactivated_reason: str | None = Field(
+        None, description="why the service deactivated it (410 Gone, failing every delivery)"
+    )
     created_at: datetime
     updated_at: datetime
 
