@@ -34,15 +34,24 @@ decision reaches this one within ``sync_interval``; a target in trouble is asked
 every time. When Redis fails, the same machine runs on the
 local view alone (each process then decides for itself) and Redis is tried again after
 ``redis_retry``. Delivery never waits on a dead Redis for more than one client timeout.
+
+Coalescing. A target in trouble is asked about every time, and a dead one answers 64
+concurrent requests with 64 timeouts at once: one round trip each exhausted the Redis
+client's pool and sent the breaker to its local fallback. So a process makes at most one
+round trip per target at a time (a per-target lock): callers of ``allow`` that arrive
+while a lookup is out share its answer (only its first caller can be the half-open
+probe), and ``record`` calls that arrive while a round trip is out are summed into the
+next one (a success, then N failures: one script call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
@@ -99,6 +108,7 @@ class BreakerSnapshot:
 
 
 CLOSED = BreakerSnapshot()
+_Answer = tuple[bool, BreakerSnapshot]  # allowed, and the state after the call
 
 
 def decide(
@@ -152,7 +162,8 @@ def breaker_key(topic_prefix: str, target: str) -> str:
 # integration test compares them on random histories). Timestamps are stored as the
 # strings the client sent, so nothing is lost to Lua's number formatting.
 #   KEYS[1]  the target's hash
-#   ARGV     op ("allow" | "ok" | "fail"), now, threshold, window, cool_down, probe_lease, ttl_ms
+#   ARGV     op ("allow" | "record"), now, threshold, window, cool_down, probe_lease, ttl_ms,
+#            then for "record": success first ("1"/"0"), number of failures after it
 # Returns {state, failures, since, opened_at, probe_at, allowed (1/0)}.
 _SCRIPT = """
 local op, now_s = ARGV[1], ARGV[2]
@@ -178,22 +189,26 @@ if op == 'allow' then
       allowed = 0
     end
   end
-elseif op == 'ok' then
-  if state ~= 'closed' or failures ~= 0 then
+else
+  -- record: a success (ARGV[8] = '1') first, then ARGV[9] failures, one at a time.
+  if ARGV[8] == '1' and (state ~= 'closed' or failures ~= 0) then
     state, failures, since, opened_at, probe_at, changed = 'closed', 0, '0', '0', '0', true
   end
-elseif state == 'half_open' then
-  state, opened_at, changed = 'open', now_s, true
-elseif state == 'closed' then
-  if failures == 0 or now - tonumber(since) > window then
-    failures, since = 1, now_s
-  else
-    failures = failures + 1
+  for _ = 1, tonumber(ARGV[9]) do
+    if state == 'half_open' then
+      state, opened_at, changed = 'open', now_s, true
+    elseif state == 'closed' then
+      if failures == 0 or now - tonumber(since) > window then
+        failures, since = 1, now_s
+      else
+        failures = failures + 1
+      end
+      if failures >= threshold then
+        state, opened_at = 'open', now_s
+      end
+      changed = true
+    end
   end
-  if failures >= threshold then
-    state, opened_at = 'open', now_s
-  end
-  changed = true
 end
 
 if changed then
@@ -221,7 +236,22 @@ class RedisBreakerStore:
         self._config = config
         self._script = redis.register_script(_SCRIPT)
 
-    async def apply(self, op: Op, target: str, now: float) -> tuple[bool, BreakerSnapshot]:
+    async def apply(
+        self, op: Op, target: str, now: float, failures: int = 1
+    ) -> tuple[bool, BreakerSnapshot]:
+        """``failures`` applies to "fail" only: that many failures in one round trip."""
+        reset, count = (1, 0) if op == "ok" else (0, failures if op == "fail" else 0)
+        return await self._run("allow" if op == "allow" else "record", target, now, reset, count)
+
+    async def record(
+        self, target: str, now: float, *, reset: bool, failures: int
+    ) -> tuple[bool, BreakerSnapshot]:
+        """A success (``reset``) then ``failures`` failures, in one round trip."""
+        return await self._run("record", target, now, int(reset), failures)
+
+    async def _run(
+        self, op: str, target: str, now: float, reset: int, count: int
+    ) -> tuple[bool, BreakerSnapshot]:
         c = self._config
         args: list[str | int | float] = [
             op,
@@ -231,6 +261,8 @@ class RedisBreakerStore:
             c.cool_down,
             c.probe_lease,
             c.ttl_ms,
+            reset,
+            count,
         ]
         raw = await self._script(keys=[breaker_key(self._prefix, target)], args=args)
         state, failures, since, opened_at, probe_at, allowed = (_text(v) for v in raw)
@@ -242,6 +274,26 @@ class RedisBreakerStore:
             probe_at=float(probe_at),
         )
         return allowed == "1", snap
+
+
+@dataclass(slots=True)
+class _Outcomes:
+    """Outcomes waiting for their target's round trip: a success (``reset``), then
+    ``failures`` failures. ``sent`` resolves once they are applied."""
+
+    sent: asyncio.Future[None]
+    reset: bool = False
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One target's traffic to Redis: one round trip at a time."""
+
+    lock: asyncio.Lock
+    lookup: asyncio.Future[None] | None = None  # an ``allow`` round trip under way
+    waiting: _Outcomes | None = None  # ``record`` calls not yet sent
+    users: int = 0
 
 
 @dataclass(slots=True)
@@ -277,6 +329,7 @@ class CircuitBreaker:
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._max_targets = max_targets
         self._not_closed: set[str] = set()
+        self._lanes: dict[str, _Lane] = {}
 
     async def allow(self, target: str) -> bool:
         """False while the target's breaker is open (or its one probe is out)."""
@@ -288,14 +341,33 @@ class CircuitBreaker:
                 return True
             if snap.state is BreakerState.OPEN and now - snap.opened_at < self.config.cool_down:
                 return False
-        shared = await self._shared("allow", target, now)
-        if shared is not None:
-            allowed, snap = shared
-            self._remember(target, snap, now)
-            return allowed
-        allowed, snap = decide(self._local(target), now, self.config)
-        self._remember(target, snap, -math.inf)
-        return allowed
+        lane = self._enter(target)
+        try:
+            if lane.lookup is not None:
+                # Another caller is asking: its answer serves this one too, except that
+                # only that caller may be the half-open probe.
+                await asyncio.shield(lane.lookup)
+                known = self._known.get(target)
+                if known is not None and known.synced_at > -math.inf:
+                    return known.snapshot.state is BreakerState.CLOSED
+                return self._decide_locally(target, self._clock())
+            lookup = lane.lookup = asyncio.get_running_loop().create_future()
+            try:
+                async with lane.lock:
+                    now = self._clock()
+                    shared = await self._shared(
+                        lambda store: store.apply("allow", target, now), now
+                    )
+            finally:
+                lane.lookup = None
+                lookup.set_result(None)
+            if shared is not None:
+                allowed, snap = shared
+                self._remember(target, snap, now)
+                return allowed
+            return self._decide_locally(target, now)
+        finally:
+            self._leave(target, lane)
 
     async def record(self, target: str, ok: bool) -> None:
         """Count the outcome of a request: ``ok`` for a 2xx-class answer."""
@@ -311,11 +383,65 @@ class CircuitBreaker:
             # A run of failures another process began in the last sync_interval is not
             # reset by this success; it still needs threshold failures within window.
             return
-        shared = await self._shared("ok" if ok else "fail", target, now)
+        lane = self._enter(target)
+        try:
+            outcomes = lane.waiting
+            first = outcomes is None
+            if outcomes is None:
+                sent = asyncio.get_running_loop().create_future()
+                outcomes = lane.waiting = _Outcomes(sent)
+            if ok:  # a success wipes out the failures before it
+                outcomes.reset, outcomes.failures = True, 0
+            else:
+                outcomes.failures += 1
+            if not first:
+                await asyncio.shield(outcomes.sent)  # the first caller sends them all
+                return
+            try:
+                async with lane.lock:
+                    if lane.waiting is outcomes:
+                        lane.waiting = None  # later outcomes go with the next round trip
+                    await self._send(target, outcomes)
+            finally:
+                if lane.waiting is outcomes:
+                    lane.waiting = None
+                outcomes.sent.set_result(None)
+        finally:
+            self._leave(target, lane)
+
+    async def _send(self, target: str, outcomes: _Outcomes) -> None:
+        now = self._clock()
+        reset, failures = outcomes.reset, outcomes.failures
+
+        shared = await self._shared(
+            lambda store: store.record(target, now, reset=reset, failures=failures), now
+        )
         if shared is not None:
             self._remember(target, shared[1], now)
-        else:
-            self._remember(target, observe(self._local(target), ok, now, self.config), -math.inf)
+            return
+        snap = self._local(target)
+        if reset:
+            snap = observe(snap, True, now, self.config)
+        for _ in range(failures):
+            snap = observe(snap, False, now, self.config)
+        self._remember(target, snap, -math.inf)
+
+    def _decide_locally(self, target: str, now: float) -> bool:
+        allowed, snap = decide(self._local(target), now, self.config)
+        self._remember(target, snap, -math.inf)
+        return allowed
+
+    def _enter(self, target: str) -> _Lane:
+        lane = self._lanes.get(target)
+        if lane is None:
+            lane = self._lanes[target] = _Lane(asyncio.Lock())
+        lane.users += 1
+        return lane
+
+    def _leave(self, target: str, lane: _Lane) -> None:
+        lane.users -= 1
+        if lane.users == 0 and self._lanes.get(target) is lane:
+            del self._lanes[target]
 
     def state(self, target: str) -> BreakerState:
         """This process's latest view (for logs, metrics and tests)."""
@@ -325,11 +451,14 @@ class CircuitBreaker:
         known = self._known.get(target)
         return known.snapshot if known is not None else CLOSED
 
-    async def _shared(self, op: Op, target: str, now: float) -> tuple[bool, BreakerSnapshot] | None:
+    async def _shared(
+        self, call: Callable[[RedisBreakerStore], Awaitable[_Answer]], now: float
+    ) -> _Answer | None:
+        """``call``'s answer from Redis, or None while Redis is unavailable."""
         if self._store is None or now < self._redis_down_until:
             return None
         try:
-            return await self._store.apply(op, target, now)
+            return await call(self._store)
         except (RedisError, OSError) as exc:
             self._redis_down_until = now + self._redis_retry
             log.warning(

@@ -156,3 +156,73 @@ async def test_redis_down_falls_back_to_a_local_breaker_quickly(settings: Settin
         await dead.aclose()
     # After the first failure Redis is not asked again for redis_retry seconds.
     assert time.monotonic() - started < 1.0
+
+
+class CountingStore:
+    """Wraps a store's script: how many round trips, and how many at once at most."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        store = breaker._store
+        assert store is not None
+        self.calls = 0
+        self.out = 0
+        self.most = 0
+        script = store._script
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            self.out += 1
+            self.most = max(self.most, self.out)
+            try:
+                return await script(*args, **kwargs)
+            finally:
+                self.out -= 1
+
+        store._script = counted  # type: ignore[assignment]
+
+
+async def test_a_burst_of_timeouts_costs_a_couple_of_round_trips_not_one_each(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    clock = FakeClock()
+    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock)
+    wire = CountingStore(a)
+    target = "black.hole:443"
+    # 64 requests time out at once: their failures go in at most two script calls.
+    await asyncio.gather(*(a.record(target, ok=False) for _ in range(64)))
+    assert wire.calls <= 2
+    assert wire.most == 1
+    assert a.state(target) is BreakerState.OPEN
+    raw = await redis_pair[0].hget(breaker_key(prefix, target), "failures")
+    assert raw is not None
+    assert int(raw) >= CONFIG.failure_threshold
+
+    # 64 callers asking at once share one lookup; once the cool-down is over exactly one
+    # of them is the probe.
+    clock.now += CONFIG.cool_down + 0.1
+    before = wire.calls
+    answers = await asyncio.gather(*(a.allow(target) for _ in range(64)))
+    assert answers.count(True) == 1
+    assert wire.calls - before == 1
+    assert wire.most == 1
+
+
+async def test_a_success_then_failures_in_one_batch_matches_the_machine(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    clock = FakeClock()
+    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock)
+    target = "mixed.example:443"
+    store = RedisBreakerStore(redis_pair[1], prefix, CONFIG)
+    _, snap = await store.record(target, T0, reset=False, failures=2)
+    assert snap.failures == 2
+    assert snap.state is BreakerState.CLOSED
+    _, snap = await store.record(target, T0, reset=True, failures=1)
+    expected = observe(
+        observe(observe(observe(CLOSED, False, T0, CONFIG), False, T0, CONFIG), True, T0, CONFIG),
+        False,
+        T0,
+        CONFIG,
+    )
+    assert snap == expected
+    assert await a.allow(target)
