@@ -1,0 +1,127 @@
+"""Isolation: healthy targets' delivery rate with and without a dead target among them.
+
+Two drains of the delivery stage in the same run, each with the same number of jobs for
+healthy subscriptions (the sink process). In the second, 10% of the subscriptions point
+at a black hole (a loopback server that accepts connections and never answers) and get
+their share of jobs on top. Healthy rate = healthy jobs / time from the sink's first to
+its last healthy request. Target (issue 5): with the black hole ≥ 80% of without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.delivery import body, start_dispatcher, stop
+from shared.records import DeliveryJob, EventRecord
+from tests.support.dispatch import DispatchWorld
+from tests.support.stack import IsolatedStack
+from tests.support.targets import BlackHole, SinkProcess
+
+SECTION = "isolation"
+N_HEALTHY = int(os.environ.get("BENCH_ISOLATION_N", "10000"))
+SUBSCRIPTIONS = 50
+DEAD_SHARE = 0.10
+
+
+def row(metric: str, value: float | int, unit: str, note: str = "") -> dict[str, Any]:
+    return {"section": SECTION, "metric": metric, "value": value, "unit": unit, "note": note}
+
+
+class BackgroundBlackHole:
+    """A ``BlackHole`` served by its own event loop in a thread, for the run's length."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.hole = BlackHole()
+
+    def __enter__(self) -> BlackHole:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.hole.__aenter__(), self._loop).result(10)
+        return self.hole
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.hole.__aexit__(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+async def _preload(
+    stack: IsolatedStack, sink: SinkProcess, n_healthy: int, dead_url: str | None
+) -> int:
+    """Jobs spread evenly over the subscriptions; returns how many went to the dead one."""
+    n_dead_subs = round(SUBSCRIPTIONS * DEAD_SHARE) if dead_url else 0
+    n_healthy_subs = SUBSCRIPTIONS - n_dead_subs
+    async with DispatchWorld(stack.settings()) as world:
+        healthy = [
+            await world.add_subscription(sink.url(f"/iso/{i}"), secret=f"whsec-{i}")
+            for i in range(n_healthy_subs)
+        ]
+        dead = [
+            await world.add_subscription(f"{dead_url}/{i}", secret=f"whsec-d{i}")
+            for i in range(n_dead_subs)
+        ]
+        per_sub = n_healthy / n_healthy_subs
+        n_dead = round(per_sub * n_dead_subs)
+        # Interleaved, as real traffic would be: dead jobs among the healthy ones.
+        subs = [healthy[i % n_healthy_subs] for i in range(n_healthy)]
+        for i in range(n_dead):
+            subs.insert(round(i * len(subs) / max(n_dead, 1)), dead[i % n_dead_subs])
+        now = datetime.now(UTC)
+        for start in range(0, len(subs), 2000):
+            acks = []
+            for i, sub in enumerate(subs[start : start + 2000], start):
+                event = EventRecord(uuid.uuid4(), "order.created", now, "application/json", body(i))
+                job = DeliveryJob.for_event(event, sub)
+                acks.append(
+                    await world.producer.send(
+                        world.topics.deliveries, job.body, key=job.key, headers=job.headers()
+                    )
+                )
+            await asyncio.gather(*acks)
+    return n_dead
+
+
+def _drain(stack: IsolatedStack, sink: SinkProcess, dead_url: str | None) -> tuple[float, int]:
+    """(healthy deliveries/s, jobs for the dead target)."""
+    n_dead = asyncio.run(_preload(stack, sink, N_HEALTHY, dead_url))
+    sink.reset()
+    with tempfile.TemporaryDirectory() as logs:
+        proc = start_dispatcher(stack, Path(logs), None)
+        try:
+            deadline = time.monotonic() + 300
+            while sink.stats()["unique"] < N_HEALTHY:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"healthy jobs not delivered: {sink.stats()}")
+                time.sleep(0.05)
+        finally:
+            stop(proc)
+    stats = sink.stats()
+    return N_HEALTHY / (stats["last"] - stats["first"]), n_dead
+
+
+def run(stack: IsolatedStack) -> list[dict[str, Any]]:
+    with SinkProcess() as sink, BackgroundBlackHole() as hole:
+        clean, _ = _drain(stack, sink, None)
+        dirty, n_dead = _drain(stack, sink, hole.url("/dead"))
+        connections = hole.connections
+    ratio = 100 * dirty / clean
+    return [
+        row("healthy deliveries, no dead target", round(clean), "deliveries/s",
+            f"{N_HEALTHY:,} jobs over {SUBSCRIPTIONS} subscriptions (sink)"),
+        row("healthy deliveries, 10% at a black hole", round(dirty), "deliveries/s",
+            f"same {N_HEALTHY:,} healthy jobs, plus {n_dead:,} for "
+            f"{round(SUBSCRIPTIONS * DEAD_SHARE)} subscriptions on a target that accepts and "
+            f"never answers ({connections} connections to it)"),
+        row("with black hole / without", round(ratio, 1), "%",
+            "target ≥ 80% " + ("(met)" if ratio >= 80 else "(NOT met)")),
+    ]  # fmt: skip
