@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from shared.settings import Settings
 
+# A burst of requests waits up to POOL_WAIT for a free connection instead of failing:
+# redis-py's default pool raises MaxConnectionsError at 100 connections, which callers
+# would take for "Redis down" (ingest would then skip idempotency for that burst).
+POOL_SIZE = 64
+POOL_WAIT = 1.0
+
 
 def make_redis(settings: Settings) -> Redis:
-    # Short timeouts: when Redis is down, ingest should skip dedupe within ~0.5 s, not hang.
-    return Redis.from_url(
+    # Short socket timeouts: when Redis is down, ingest should skip dedupe within ~0.5 s,
+    # not hang.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
         socket_connect_timeout=0.5,
         socket_timeout=0.5,
         health_check_interval=10,
     )
+    # from_pool: closing the client closes the pool too.
+    return Redis.from_pool(pool)

@@ -11,6 +11,7 @@ from services.ingest.auth import require_api_key
 from services.ingest.errors import HookstreamError, Unprocessable, error_responses
 from services.ingest.ingest_endpoint import REPLAYED_HEADER_DOC
 from services.ingest.ingestion import (
+    EVENT_TYPE_PATTERN,
     MAX_CONTENT_TYPE,
     MAX_EVENT_TYPE,
     MAX_IDEMPOTENCY_KEY,
@@ -60,7 +61,8 @@ async def publish_event(
             alias="x-webhook-event",
             min_length=1,
             max_length=MAX_EVENT_TYPE,
-            description="the event type subscriptions are matched on",
+            pattern=EVENT_TYPE_PATTERN,
+            description="the event type subscriptions are matched on (printable ASCII)",
         ),
     ],
     idempotency_key: Annotated[

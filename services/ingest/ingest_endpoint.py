@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.ingest.errors import HookstreamError, Unprocessable, error_response, error_responses
 from services.ingest.ingestion import (
     DEFAULT_EVENT_TYPE,
+    EVENT_TYPE_PATTERN,
     MAX_CONTENT_TYPE,
     MAX_EVENT_TYPE,
     MAX_IDEMPOTENCY_KEY,
@@ -59,7 +60,7 @@ class IngestHeaders:
             if name == b"x-hub-signature-256":
                 self.signature = value.decode("latin-1")
             elif name == b"x-webhook-event":
-                self.event_type = _bounded(value, "x-webhook-event", MAX_EVENT_TYPE)
+                self.event_type = _event_type(value)
             elif name == b"content-type":
                 self.content_type = _bounded(value, "content-type", MAX_CONTENT_TYPE)
             elif name == b"idempotency-key":
@@ -72,6 +73,15 @@ def _bounded(value: bytes, header: str, limit: int) -> str:
     if not 0 < len(value) <= limit:
         raise Unprocessable(["header", header], f"must be 1 to {limit} characters")
     return value.decode("latin-1")
+
+
+def _event_type(value: bytes) -> str:
+    """Printable ASCII (space allowed): the type travels in a Kafka header and back out in
+    an HTTP header, and only ASCII survives both byte for byte. Anything else is a 422
+    rather than mojibake at the target."""
+    if not value.isascii() or not value.decode("ascii").isprintable():
+        raise Unprocessable(["header", "x-webhook-event"], "must be printable ASCII")
+    return _bounded(value, "x-webhook-event", MAX_EVENT_TYPE)
 
 
 def _subscription_id(path: str) -> uuid.UUID:
@@ -173,7 +183,12 @@ _DOCS: dict[str, Any] = {
             "name": "x-webhook-event",
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_TYPE},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_EVENT_TYPE,
+                "pattern": EVENT_TYPE_PATTERN,
+            },
             "description": f"the event type; `{DEFAULT_EVENT_TYPE}` when absent",
         },
         {

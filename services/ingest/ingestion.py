@@ -33,6 +33,8 @@ from shared.topics import Topics
 DEFAULT_EVENT_TYPE = "webhook"
 MAX_CONTENT_TYPE = 255  # events.content_type is varchar(255)
 MAX_EVENT_TYPE = 200
+# Printable ASCII, space included (see ingest_endpoint._event_type).
+EVENT_TYPE_PATTERN = r"^[ -~]+$"
 MAX_IDEMPOTENCY_KEY = 255
 
 Answer = tuple[int, bytes]

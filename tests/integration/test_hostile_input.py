@@ -317,13 +317,6 @@ async def test_oversized_bodies_on_the_other_routes_are_413(
 # --- bursts ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis-py 8's pool (shared/redis.py) holds 100 connections and raises "
-    "MaxConnectionsError beyond; ingest's idempotency store takes that for 'Redis down' and "
-    "skips dedupe for 2 s, so a burst of retries with one Idempotency-Key is published once "
-    "per request, each with a new delivery_id",
-)
 async def test_a_burst_of_retries_with_one_idempotency_key_publishes_once(
     ingest: IngestServer, events: TopicProbe, sub_id: str
 ) -> None:
