@@ -508,6 +508,7 @@ class Report:
     both: int = 0  # delivered and also FAILURE
     no_dead_letter: int = 0  # FAILURE after an attempt, without a dead letter
     body_mismatch: int = 0
+    drain: float = 0.0  # seconds from the end of the load until every promise was kept
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -517,7 +518,7 @@ class Report:
             f"lost={self.lost} duplicates={self.duplicates} failed={self.failed} "
             f"promised={self.promised} filtered={self.filtered} unavailable={self.unavailable} "
             f"unexpected={self.unexpected} unpromised={self.unpromised} "
-            f"seconds={self.seconds:.0f}"
+            f"drain={self.drain:.0f}s seconds={self.seconds:.0f}"
         )
 
     def problems(self) -> list[str]:
@@ -572,13 +573,15 @@ async def check(
         pending = sorted(promised - targets.delivered() - failures)
         return f"{len(pending)} pending, e.g. {pending[:5]}\n{services.tails()}"
 
-    with contextlib.suppress(AssertionError):
-        await wait_until(
+    try:
+        report.drain = await wait_until(
             all_terminal,
             timeout=DRAIN_DEADLINE,
             what="every promised delivery to end",
             every=0.5,
         )
+    except AssertionError:
+        report.drain = DRAIN_DEADLINE  # what is still pending is counted as lost below
     delivered = targets.delivered()
     pending = promised - delivered - failures
     report.lost = len(pending)
