@@ -7,12 +7,13 @@ each page against a real ingest process, logged in like a browser: the median an
 20 requests after 3 warm-ups. The client runs on the same 2 cores, over loopback; the
 figure is the full round trip, so it is an upper bound on the server's time.
 
-The overview's statistics (``stats.compute_stats``) are cached for 5 s, shared with GET
-/status/stats, so the overview is measured twice: back to back (mostly cached) and cold
-(each request after the cache expired). Target: every page under 100 ms. Measured on
-this data set, compute_stats alone takes ~115 ms in-process (its totals query ~72 ms:
-scan ~20, count(DISTINCT) +20, percentiles +15; the per-subscription query ~30-45 ms), so
-the cold overview misses the target: that is the number to watch.
+The overview's statistics (``stats.compute_stats``) are fresh for 5 s, shared with GET
+/status/stats, then served stale for up to 60 s while one background run recomputes them.
+So the overview is measured three ways: the very first load (computes inline), back to
+back, and after the 5 s freshness ran out. Target: every page under 100 ms. On this data
+set compute_stats alone takes ~115 ms in-process (its totals query ~72 ms: scan ~20,
+count(DISTINCT) +20, percentiles +15; the per-subscription query ~30-45 ms), so only the
+first load after a start (or after a minute with no viewer) misses it.
 
 Run alone: ``python -m bench ui``.
 """
@@ -155,6 +156,13 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
         server.wait_healthy()
         with httpx.Client(base_url=server.url, timeout=30) as client:
             _login(client, server.api_key)
+            rows.append(
+                _row(
+                    "overview_first_ms",
+                    [_time(client, "/ui")],
+                    "first load after start: statistics computed inline (one sample)",
+                )
+            )
             for metric, (path, note) in pages.items():
                 for _ in range(WARMUP):
                     _time(client, path)
@@ -165,7 +173,9 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
                 cold.append(_time(client, "/ui"))
             rows.append(
                 _row(
-                    "overview_cold_ms", cold, "each request computes compute_stats (cache expired)"
+                    "overview_stale_ms",
+                    cold,
+                    "statistics past their 5 s freshness: served stale, recomputed in background",
                 )
             )
     finally:

@@ -16,7 +16,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import aiohttp
@@ -65,6 +65,9 @@ _TARGET_CACHE_SIZE = 10_000
 # partitions' flow-control budget, for a whole delivery timeout (10 s) until its breaker
 # opens. A busy target that keeps answering is waited for.
 LANE_PATIENCE = 5.0
+# One breaker cool-down (shared/breaker.py BreakerConfig: 30 s): an overdue job's target
+# has had its half-open probe before deferrals start costing attempts.
+DEFERRAL_GRACE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +104,15 @@ class DeliveryStage:
     limits: TargetLimits = dataclasses.field(init=False)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
     _can_defer: bool = dataclasses.field(init=False, default=True)
+    _patience: timedelta = dataclasses.field(init=False, default=timedelta(0))
 
     def __post_init__(self) -> None:
         # Deferring needs a tier to wait on; with no retries at all, jobs just queue.
         self._can_defer = bool(self.settings.retry_schedule)
+        # How long a job may be deferred without using attempts: its whole schedule, with
+        # jitter, plus a grace for the breaker's probe (~25 h with the default schedule).
+        schedule = sum(self.settings.retry_schedule, timedelta())
+        self._patience = schedule * (1 + self.settings.retry_jitter) + DEFERRAL_GRACE
         self.limits = TargetLimits(
             self.settings.max_in_flight,
             self.settings.max_in_flight_per_target,
@@ -129,19 +137,33 @@ class DeliveryStage:
             else:
                 attempted = await self._attempt(job, sub, target, progress)
                 if isinstance(attempted, str):
-                    await self._defer(job, attempted)
-                    return
-                outcome, duration_ms = attempted
-                if self.breaker is not None and (outcome.status_code or outcome.retryable):
-                    # A target that answered below 500 is alive, whatever it thought of
-                    # the request; timeouts, connection errors and 5xx count against it.
-                    # A refused target (SSRF guard) says nothing about its health.
-                    alive = outcome.status_code is not None and outcome.status_code < 500
-                    try:
-                        await self.breaker.record(target.key, alive)
-                    except Exception as exc:  # never worth sending the request again
-                        log.warning("breaker not updated", target=target.key, error=repr(exc))
+                    if not self._overdue(job):
+                        await self._defer(job, attempted)
+                        return
+                    # Past its deadline a job stops waiting for free: the deferral counts
+                    # as a failed attempt, so a target that stays down still ends every
+                    # delivery in FAILURE + dead letter after the last one.
+                    outcome = Outcome(ok=False, error=attempted, retryable=True)
+                else:
+                    outcome, duration_ms = attempted
+                    await self._record_health(target, outcome)
         await self._record(job, sub, target_url, outcome, duration_ms)
+
+    async def _record_health(self, target: Target, outcome: Outcome) -> None:
+        if self.breaker is not None and (outcome.status_code or outcome.retryable):
+            # A target that answered below 500 is alive, whatever it thought of the
+            # request; timeouts, connection errors and 5xx count against it. A refused
+            # target (SSRF guard) says nothing about its health.
+            alive = outcome.status_code is not None and outcome.status_code < 500
+            try:
+                await self.breaker.record(target.key, alive)
+            except Exception as exc:  # never worth sending the request again
+                log.warning("breaker not updated", target=target.key, error=repr(exc))
+
+    def _overdue(self, job: DeliveryJob) -> bool:
+        """Has the job waited longer than its whole schedule (jitter included) and a
+        breaker cool-down? Then deferring again would let it wait forever."""
+        return datetime.now(UTC) > job.first_received_at + self._patience
 
     # --- the attempt --------------------------------------------------------------
 

@@ -44,19 +44,10 @@ async def _outage(namespace: PrivateNamespace, component: Component) -> tuple[fl
     return down, restarting, time.monotonic()
 
 
-# A real bug, reported with this suite (see the report of issue 8): shared.kafka's
-# producers are idempotent, and aiokafka (0.14) cannot recover an idempotent producer whose
-# batch failed during the outage (LeaderNotAvailable while the broker shuts down, or an
-# expired batch): its next sequence number is ahead of the broker's, every later send to
-# that partition fails with OutOfOrderSequenceNumber, and only a process restart heals it
-# (aiokafka issue #1017; the Java client bumps the producer epoch instead, KIP-360).
-# Ingest then answers 503 forever and the dispatcher's publish_all retries forever, so
-# its partitions stop. strict: this test must fail loudly as soon as the fix lands.
-@pytest.mark.xfail(
-    strict=True,
-    reason="idempotent aiokafka producers wedge on OutOfOrderSequenceNumber after a broker "
-    "restart; ingest and dispatcher never publish again without a restart (shared/kafka.py)",
-)
+# This scenario found a real bug: idempotent aiokafka (0.14) producers wedge on
+# OutOfOrderSequenceNumber after a broker restart (aiokafka #1017), so ingest answered 503
+# and the dispatcher's partitions stopped until a process restart. shared/kafka.py now
+# turns idempotence off (duplicates are allowed; losses are not).
 async def test_kafka_broker_stopped_and_restarted(
     namespace: PrivateNamespace, tmp_path: Path
 ) -> None:

@@ -34,13 +34,9 @@ WEBHOOKS = 40
 DEADLINE = 90.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job whose target's circuit breaker is open is deferred without using an "
-    "attempt, again and again (services/dispatcher/delivery_stage.py _defer): while the "
-    "target stays down only the breaker's probe (one per 30 s cool-down) is attempted, so "
-    "the webhooks never reach FAILURE + dead letter and cycle through the retry tiers",
-)
+# Found a real bug: jobs for a target whose breaker stayed open were deferred forever
+# without using an attempt. Past its schedule plus one breaker cool-down a deferral now
+# counts as a failed attempt (services/dispatcher/delivery_stage.py, DeliveryStage._overdue).
 async def test_every_webhook_to_a_dead_target_ends_in_failure_and_a_dead_letter(
     namespace: PrivateNamespace, tmp_path: Path
 ) -> None:
