@@ -22,7 +22,10 @@ def main() -> None:
         get_logger("ingest").error("refusing to start", reason=str(exc))
         print(f"ingest: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.Server(uvicorn_config(app, settings.http_host, settings.http_port)).run()
+    config = uvicorn_config(
+        app, settings.http_host, settings.http_port, max_head_bytes=settings.max_header_bytes
+    )
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -208,12 +208,6 @@ async def test_oversized_request_heads_are_431_on_every_route(
     await healthy(client)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 431 comes from an ASGI middleware (services/ingest/request_body.py), after "
-    "uvicorn's httptools parser has buffered the whole head; the parser has no limit of its "
-    "own, so a client streaming one endless header line grows ingest's memory without bound",
-)
 async def test_an_endless_request_head_is_cut_off_while_it_is_sent(
     ingest: IngestServer, client: httpx.AsyncClient
 ) -> None:
