@@ -20,6 +20,16 @@ def stack() -> Iterator[IsolatedStack]:
     isolated.down()
 
 
+@pytest.fixture(scope="module")
+def module_stack() -> Iterator[IsolatedStack]:
+    """A database and topic prefix of the module's own, for tests that count every row,
+    record or lag figure and must not see other modules' traffic."""
+    isolated = IsolatedStack()
+    isolated.up()
+    yield isolated
+    isolated.down()
+
+
 @pytest.fixture
 def settings(stack: IsolatedStack) -> Settings:
     return stack.settings()

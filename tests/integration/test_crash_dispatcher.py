@@ -14,7 +14,7 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,17 +33,9 @@ FANOUT_EVENTS = 10
 SUBSCRIPTIONS = 24
 
 
-@pytest.fixture(scope="module")
-def dstack() -> Iterator[IsolatedStack]:
-    stack = IsolatedStack()
-    stack.up()
-    yield stack
-    stack.down()
-
-
 @pytest.fixture
-async def world(dstack: IsolatedStack) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(dstack.settings()) as w:
+async def world(module_stack: IsolatedStack) -> AsyncIterator[DispatchWorld]:
+    async with DispatchWorld(module_stack.settings()) as w:
         yield w
 
 
@@ -149,10 +141,10 @@ async def end_offsets(world: DispatchWorld, tps: list[TopicPartition]) -> dict[T
 
 
 async def test_sigkill_mid_stream_then_restart_delivers_everything(
-    dstack: IsolatedStack, world: DispatchWorld, tmp_path: Path
+    module_stack: IsolatedStack, world: DispatchWorld, tmp_path: Path
 ) -> None:
     with SinkProcess(delay_ms=10) as sink:
-        first = start_dispatcher(dstack, tmp_path)
+        first = start_dispatcher(module_stack, tmp_path)
         expected = await load(world, sink)
         try:
             at_kill = await wait_for_sink(sink, len(expected) // 3, timeout=30)
@@ -160,7 +152,7 @@ async def test_sigkill_mid_stream_then_restart_delivers_everything(
             first.proc.wait(10)
             first.stop()
             print(f"\n[crash] SIGKILL after {at_kill['unique']} of {len(expected)} delivered")
-            second = start_dispatcher(dstack, tmp_path)
+            second = start_dispatcher(module_stack, tmp_path)
             try:
                 await assert_complete(world, sink, expected)
             finally:
@@ -170,14 +162,14 @@ async def test_sigkill_mid_stream_then_restart_delivers_everything(
 
 
 async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_dies(
-    dstack: IsolatedStack, world: DispatchWorld, tmp_path: Path
+    module_stack: IsolatedStack, world: DispatchWorld, tmp_path: Path
 ) -> None:
     ports = [free_port(), free_port()]
     # 8 concurrent requests per process to a sink that takes 20 ms: the work lasts a few
     # seconds, so the victim surely dies with unfinished partitions.
     with SinkProcess(delay_ms=20) as sink:
         procs = [
-            start_dispatcher(dstack, tmp_path, port, HOOKSTREAM_MAX_IN_FLIGHT_PER_TARGET="8")
+            start_dispatcher(module_stack, tmp_path, port, HOOKSTREAM_MAX_IN_FLIGHT_PER_TARGET="8")
             for port in ports
         ]
         try:
@@ -213,7 +205,7 @@ async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_di
 
 
 async def test_sigterm_finishes_requests_in_flight_commits_and_nothing_is_redelivered(
-    dstack: IsolatedStack, world: DispatchWorld, tmp_path: Path
+    module_stack: IsolatedStack, world: DispatchWorld, tmp_path: Path
 ) -> None:
     async with TargetServer() as target:
         target.reply("/slow", delay=2.0)
@@ -221,7 +213,7 @@ async def test_sigterm_finishes_requests_in_flight_commits_and_nothing_is_redeli
         jobs = [DeliveryJob.for_event(world.event("slow.one", b"{}"), sub) for _ in range(20)]
         for job in jobs:
             await world.produce_job(job)
-        proc = start_dispatcher(dstack, tmp_path)
+        proc = start_dispatcher(module_stack, tmp_path)
         try:
             await target.wait_for(20, "/slow")  # all twenty requests are in flight
             stopping = time.monotonic()
@@ -241,7 +233,7 @@ async def test_sigterm_finishes_requests_in_flight_commits_and_nothing_is_redeli
         assert '"in_flight": 20' in proc.log()
 
         # Everything was committed: a new dispatcher finds nothing to redo.
-        again = start_dispatcher(dstack, tmp_path)
+        again = start_dispatcher(module_stack, tmp_path)
         try:
             async with asyncio.timeout(30):
                 while assigned_partitions(again) <= 0:

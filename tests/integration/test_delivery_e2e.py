@@ -57,19 +57,11 @@ def hub_valid(secret: str, received: Received) -> bool:
 
 
 @pytest.fixture(scope="module")
-def dstack() -> Iterator[IsolatedStack]:
-    stack = IsolatedStack()
-    stack.up()
-    yield stack
-    stack.down()
-
-
-@pytest.fixture(scope="module")
 def dispatcher(
-    dstack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
+    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     proc = ServiceProcess(
-        dstack,
+        module_stack,
         "dispatcher",
         log_dir=tmp_path_factory.mktemp("dispatcher"),
         HOOKSTREAM_DELIVERY_TIMEOUT=str(DELIVERY_TIMEOUT),
@@ -84,8 +76,10 @@ def dispatcher(
 
 
 @pytest.fixture
-async def world(dstack: IsolatedStack, dispatcher: ServiceProcess) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(dstack.settings()) as w:
+async def world(
+    module_stack: IsolatedStack, dispatcher: ServiceProcess
+) -> AsyncIterator[DispatchWorld]:
+    async with DispatchWorld(module_stack.settings()) as w:
         yield w
     assert dispatcher.alive(), dispatcher.log()[-3000:]
 

@@ -20,19 +20,11 @@ from tests.support.targets import TargetServer
 
 
 @pytest.fixture(scope="module")
-def dstack() -> Iterator[IsolatedStack]:
-    stack = IsolatedStack()
-    stack.up()
-    yield stack
-    stack.down()
-
-
-@pytest.fixture(scope="module")
 def dispatcher(
-    dstack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
+    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     proc = ServiceProcess(
-        dstack,
+        module_stack,
         "dispatcher",
         log_dir=tmp_path_factory.mktemp("dispatcher"),
         HOOKSTREAM_ALLOW_PRIVATE_TARGETS="false",
@@ -42,8 +34,10 @@ def dispatcher(
 
 
 @pytest.fixture
-async def world(dstack: IsolatedStack, dispatcher: ServiceProcess) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(dstack.settings(allow_private_targets=False)) as w:
+async def world(
+    module_stack: IsolatedStack, dispatcher: ServiceProcess
+) -> AsyncIterator[DispatchWorld]:
+    async with DispatchWorld(module_stack.settings(allow_private_targets=False)) as w:
         yield w
 
 

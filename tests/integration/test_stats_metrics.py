@@ -33,24 +33,16 @@ SUB_B = uuid.UUID("00000000-0000-4000-8000-00000000000b")
 
 
 @pytest.fixture(scope="module")
-def sstack() -> Iterator[IsolatedStack]:
-    stack = IsolatedStack()
-    stack.up()
-    yield stack
-    stack.down()
-
-
-@pytest.fixture(scope="module")
 def ingest(
-    sstack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
+    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[IngestServer]:
-    with running_ingest(sstack, tmp_path_factory.mktemp("stats")) as server:
+    with running_ingest(module_stack, tmp_path_factory.mktemp("stats")) as server:
         yield server
 
 
 @pytest.fixture
-async def sengine(sstack: IsolatedStack) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(sstack.settings(), pool_size=1)
+async def sengine(module_stack: IsolatedStack) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(module_stack.settings(), pool_size=1)
     yield engine
     await engine.dispose()
 
@@ -99,7 +91,7 @@ async def _load_known_attempts(engine: AsyncEngine) -> None:
 
 
 async def test_stats_on_a_known_set_of_attempts(
-    ingest: IngestServer, sstack: IsolatedStack, sengine: AsyncEngine
+    ingest: IngestServer, module_stack: IsolatedStack, sengine: AsyncEngine
 ) -> None:
     await _load_known_attempts(sengine)
     async with httpx.AsyncClient(base_url=ingest.url, headers=ingest.auth, timeout=10) as c:
@@ -136,16 +128,16 @@ async def test_stats_on_a_known_set_of_attempts(
         },
     ]
     # Nothing consumed these (empty) topics yet: no lag anywhere.
-    topics = Topics.from_settings(sstack.settings())
+    topics = Topics.from_settings(module_stack.settings())
     assert stats["queue_depth"] == dict.fromkeys(
         [topics.events, topics.deliveries, *topics.retry_topics], 0
     )
 
 
 async def test_queue_depth_counts_unconsumed_records(
-    ingest: IngestServer, sstack: IsolatedStack
+    ingest: IngestServer, module_stack: IsolatedStack
 ) -> None:
-    settings = sstack.settings()
+    settings = module_stack.settings()
     topics = Topics.from_settings(settings)
     producer = make_producer(settings)
     await producer.start()
@@ -191,11 +183,11 @@ async def _wait_metric(
 
 
 async def test_metrics_move_when_webhooks_are_ingested_and_delivered(
-    ingest: IngestServer, sstack: IsolatedStack, sengine: AsyncEngine, tmp_path: Path
+    ingest: IngestServer, module_stack: IsolatedStack, sengine: AsyncEngine, tmp_path: Path
 ) -> None:
     metrics_port = free_port()
     dispatcher = ServiceProcess(
-        sstack, "dispatcher", log_dir=tmp_path, HOOKSTREAM_METRICS_PORT=str(metrics_port)
+        module_stack, "dispatcher", log_dir=tmp_path, HOOKSTREAM_METRICS_PORT=str(metrics_port)
     )
     try:
         async with TargetServer() as target:
