@@ -75,7 +75,7 @@ def test_every_hookstream_name_in_the_doc_is_a_setting() -> None:
     [
         "min.insync.replicas=2",
         "HOOKSTREAM_TOPIC_REPLICATION_FACTOR=3",
-        "filled from make bench",
+        "Figures come from `make bench`",
         "alembic upgrade head",
         "pg_dump",
         "WAL",
