@@ -76,7 +76,9 @@ async def test_crud_round_trip_never_shows_the_secret_after_create(
         "created_at",
         "updated_at",
         "secret_key",
+        "deactivated_reason",
     }
+    assert created["deactivated_reason"] is None
     sub_id = created["id"]
 
     got = await client.get(f"/subscriptions/{sub_id}")
