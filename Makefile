@@ -62,7 +62,7 @@ run: venv stack-up migrate topics
 	    echo "Development API key (from .local/dev-api-key): $$HOOKSTREAM_API_KEY"; \
 	fi; \
 	export HOOKSTREAM_LOG_FORMAT="$${HOOKSTREAM_LOG_FORMAT:-console}"; \
-	echo "Hookstream on http://127.0.0.1:8000  (docs: /docs)  Ctrl-C stops the services."; \
+	echo "Hookstream on http://$${HOOKSTREAM_HTTP_HOST:-127.0.0.1}:$${HOOKSTREAM_HTTP_PORT:-8000}  (docs: /docs, dashboard: /ui)  Ctrl-C stops the services."; \
 	exec $(BIN)/honcho start -f Procfile -c dispatcher=$(HOOKSTREAM_DISPATCHER_PROCESSES)
 
 # Browser tests drive Debian's Chromium (Playwright never downloads one). Outside CI a
