@@ -31,8 +31,9 @@ log = get_logger("ingest.stats")
 
 MAX_WINDOW = timedelta(hours=24)
 CACHE_SECONDS = 5.0
-# Past the fresh period an answer is served while it is recomputed, up to this age.
-STALE_SECONDS = 60.0
+# Past the fresh period an answer is served while it is recomputed, up to this age (the
+# answer says when it was computed); 10 min covers a dashboard left open or reopened.
+STALE_SECONDS = 600.0
 # Lag comes from the broker; a slow broker must not hold the stats answer hostage.
 LAG_TIMEOUT = 2.0
 
@@ -129,6 +130,13 @@ class StatsCache:
         self._entries: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
         self._pending: dict[tuple[int, int], asyncio.Task[dict[str, Any]]] = {}
 
+    def warm(
+        self, window: timedelta, top: int, compute: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> None:
+        key = (int(window.total_seconds()), top)
+        if key not in self._pending and key not in self._entries:
+            self._start(key, compute)
+
     async def get_or_compute(
         self,
         window: timedelta,
@@ -193,10 +201,9 @@ async def queue_depth(res: Resources) -> dict[str, int] | None:
     return {**dispatcher, **scheduler}
 
 
-async def window_stats(res: Resources, span: timedelta, top: int = 10) -> dict[str, Any]:
-    """``compute_stats`` plus queue depth, through the few-second cache that the API route
-    and the dashboard share. The answer is shared too: callers must not change it."""
-
+def _computation(
+    res: Resources, span: timedelta, top: int
+) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def compute() -> dict[str, Any]:
         async with res.sessions() as session:
             result = await compute_stats(session, span, top)
@@ -204,7 +211,19 @@ async def window_stats(res: Resources, span: timedelta, top: int = 10) -> dict[s
         result["computed_at"] = datetime.now(UTC).isoformat()
         return result
 
-    return await res.stats_cache.get_or_compute(span, top, compute)
+    return compute
+
+
+async def window_stats(res: Resources, span: timedelta, top: int = 10) -> dict[str, Any]:
+    """``compute_stats`` plus queue depth, through the cache that the API route and the
+    dashboard share. The answer is shared too: callers must not change it."""
+    return await res.stats_cache.get_or_compute(span, top, _computation(res, span, top))
+
+
+def prewarm(res: Resources, span: timedelta, top: int = 10) -> None:
+    """Start computing a window in the background (at start-up, for the dashboard's
+    overview), so the first viewer does not wait for the SQL."""
+    res.stats_cache.warm(span, top, _computation(res, span, top))
 
 
 router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
