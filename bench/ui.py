@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from services.ingest.stats import CACHE_SECONDS
+from services.ingest.stats_cache import CACHE_SECONDS
 from shared.db import asyncpg_dsn
 from tests.support.broker import IngestServer
 from tests.support.stack import IsolatedStack

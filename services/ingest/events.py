@@ -15,11 +15,11 @@ from services.ingest.ingestion import (
     MAX_CONTENT_TYPE,
     MAX_EVENT_TYPE,
     MAX_IDEMPOTENCY_KEY,
-    Ingestion,
     count_answer,
     count_error,
 )
 from services.ingest.request_body import check_content_length, receive_body
+from services.ingest.resources import from_request
 from services.ingest.schemas import EventAccepted
 
 router = APIRouter(tags=["ingestion"])
@@ -76,7 +76,7 @@ async def publish_event(
         ),
     ] = None,
 ) -> Response:
-    ingestion: Ingestion = request.state.resources.ingestion
+    ingestion = from_request(request).ingestion
     try:
         check_content_length(request, ingestion.max_body_bytes)
         body = await receive_body(request.receive, ingestion.max_body_bytes)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from services.ingest.resources import Resources
+from services.ingest.resources import Resources, from_request
 
 router = APIRouter(tags=["health"])
 
@@ -40,7 +40,7 @@ async def _check_kafka(res: Resources) -> None:
     responses={503: {"description": "a dependency is down; the body says which"}},
 )
 async def ready(request: Request) -> Any:
-    res: Resources = request.state.resources
+    res = from_request(request)
     checks = {"postgres": _check_postgres, "redis": _check_redis, "kafka": _check_kafka}
     results = await asyncio.gather(
         *(asyncio.wait_for(check(res), _CHECK_TIMEOUT) for check in checks.values()),

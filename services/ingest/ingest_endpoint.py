@@ -37,6 +37,7 @@ from services.ingest.ingestion import (
     count_error,
 )
 from services.ingest.request_body import check_declared_length, receive_body
+from services.ingest.resources import from_request
 from services.ingest.schemas import Accepted, Filtered
 
 PATH_PREFIX = "/ingest/"
@@ -213,7 +214,7 @@ REPLAYED_HEADER_DOC = {
 async def ingest(request: Request) -> Response:
     """Authenticated by the subscription's signature, not by the API key."""
     (status, body), replayed = await handle_ingest(
-        request.state.resources.ingestion, request.scope, request.receive
+        from_request(request).ingestion, request.scope, request.receive
     )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return Response(body, status_code=status, headers=headers, media_type="application/json")

@@ -28,7 +28,7 @@ from services.ingest.errors import (
     Unprocessable,
     error_responses,
 )
-from services.ingest.resources import Resources
+from services.ingest.resources import Resources, from_request
 from services.ingest.schemas import RedeliveryAccepted, ReplayAccepted
 from shared.models import AttemptStatus, DeliveryAttempt, Event, Subscription
 from shared.records import DeliveryJob
@@ -185,11 +185,6 @@ _ERRORS = error_responses(401, 404, 409, 422, 503)
 _ERRORS[410] = {"description": "The event's body is past retention", "model": _ERRORS[404]["model"]}
 
 
-def _res(request: Request) -> Resources:
-    res: Resources = request.state.resources
-    return res
-
-
 @router.post(
     "/deliveries/{delivery_id}/retry",
     status_code=202,
@@ -198,7 +193,7 @@ def _res(request: Request) -> Resources:
     responses=_ERRORS,
 )
 async def retry(delivery_id: uuid.UUID, request: Request) -> Any:
-    job = await retry_delivery(_res(request), delivery_id)
+    job = await retry_delivery(from_request(request), delivery_id)
     return RedeliveryAccepted(
         status="accepted",
         delivery_id=job.delivery_id,
@@ -229,7 +224,7 @@ async def replay(
     ] = None,
 ) -> Any:
     start = parse_since(since)
-    replayed, expired = await replay_failures(_res(request), subscription_id, start)
+    replayed, expired = await replay_failures(from_request(request), subscription_id, start)
     return ReplayAccepted(
         status="accepted",
         subscription_id=subscription_id,

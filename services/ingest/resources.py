@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import Request
 
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.ingestion import Ingestion
 from services.ingest.publishing import Publisher
-from services.ingest.stats import StatsCache
+from services.ingest.stats_cache import StatsCache
 from shared.db import make_engine, make_sessionmaker
 from shared.kafka import make_producer
 from shared.lag import LagProbe
@@ -81,3 +82,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             lag=lag,
             stats_cache=stats_cache,
         )
+
+
+def from_request(request: Request) -> Resources:
+    """The resources the lifespan put in the request state, typed."""
+    res: Resources = request.state.resources
+    return res

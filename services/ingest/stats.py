@@ -2,18 +2,16 @@
 
 Everything is computed in SQL over ``delivery_attempts`` rows in the window, found through
 the (created_at, status) index and partition pruning, so the cost is bounded by the window
-(capped at ``MAX_WINDOW``), not by the table. Results are cached for ``CACHE_SECONDS``
-because dashboards poll.
+(capped at ``MAX_WINDOW``), not by the table. Results go through ``StatsCache``
+(stats_cache.py) because dashboards poll.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import text
@@ -21,19 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.ingest.auth import require_api_key
 from services.ingest.errors import Unprocessable, error_responses
+from services.ingest.resources import Resources, from_request
 from shared.logging import get_logger
 from shared.settings import parse_duration
-
-if TYPE_CHECKING:  # resources.py builds the StatsCache defined here
-    from services.ingest.resources import Resources
 
 log = get_logger("ingest.stats")
 
 MAX_WINDOW = timedelta(hours=24)
-CACHE_SECONDS = 5.0
-# Past the fresh period an answer is served while it is recomputed, up to this age (the
-# answer says when it was computed); 10 min covers a dashboard left open or reopened.
-STALE_SECONDS = 600.0
 # Lag comes from the broker; a slow broker must not hold the stats answer hostage.
 LAG_TIMEOUT = 2.0
 
@@ -115,75 +107,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-class StatsCache:
-    """Each (window, top) answer, fresh for ``ttl`` seconds, then served stale while one
-    background task recomputes it (for up to ``stale`` seconds; older answers are
-    recomputed before answering). Concurrent requests for the same key share one run.
-
-    Why: on 100k attempts in the window one computation takes ~115 ms of PostgreSQL time;
-    a dashboard polling every 30 s would otherwise pay it on every load.
-    """
-
-    def __init__(self, ttl: float = CACHE_SECONDS, stale: float = STALE_SECONDS) -> None:
-        self._ttl = ttl
-        self._stale = stale
-        self._entries: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
-        self._pending: dict[tuple[int, int], asyncio.Task[dict[str, Any]]] = {}
-
-    def warm(
-        self, window: timedelta, top: int, compute: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> None:
-        key = (int(window.total_seconds()), top)
-        if key not in self._pending and key not in self._entries:
-            self._start(key, compute)
-
-    async def get_or_compute(
-        self,
-        window: timedelta,
-        top: int,
-        compute: Callable[[], Awaitable[dict[str, Any]]],
-    ) -> dict[str, Any]:
-        key = (int(window.total_seconds()), top)
-        entry = self._entries.get(key)
-        age = time.monotonic() - entry[0] if entry is not None else float("inf")
-        if entry is not None and age <= self._ttl:
-            return entry[1]
-        task = self._pending.get(key) or self._start(key, compute)
-        if entry is not None and age <= self._stale:
-            return entry[1]
-        # shield: a client that goes away does not cancel the run others are waiting on.
-        return await asyncio.shield(task)
-
-    def _start(
-        self, key: tuple[int, int], compute: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> asyncio.Task[dict[str, Any]]:
-        async def run() -> dict[str, Any]:
-            return await compute()
-
-        task = asyncio.create_task(run())
-        self._pending[key] = task
-
-        def done(t: asyncio.Task[dict[str, Any]]) -> None:
-            self._pending.pop(key, None)
-            if t.cancelled():
-                return
-            if t.exception() is not None:  # the awaiting request reports it; keep the old answer
-                return
-            if len(self._entries) > 64:  # windows are user input: keep the cache small
-                self._entries.clear()
-            self._entries[key] = (time.monotonic(), t.result())
-
-        task.add_done_callback(done)
-        return task
-
-    async def close(self) -> None:
-        for task in list(self._pending.values()):
-            task.cancel()
-        for task in list(self._pending.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
 async def queue_depth(res: Resources) -> dict[str, int] | None:
     """Consumer lag per topic for the dispatcher and retry-scheduler groups (None: unknown)."""
     topics = res.topics
@@ -245,4 +168,4 @@ async def get_stats(
         raise Unprocessable(["query", "window"], "not a duration (e.g. 15m, 1h)") from None
     if span <= timedelta(0):
         raise Unprocessable(["query", "window"], "must be positive")
-    return await window_stats(request.state.resources, span, top)
+    return await window_stats(from_request(request), span, top)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import aliased
 
 from services.ingest.auth import require_api_key
 from services.ingest.errors import NotFound, error_responses
-from services.ingest.resources import Resources
+from services.ingest.resources import from_request
 from services.ingest.schemas import (
     AttemptOut,
     DeadLetter,
@@ -209,11 +209,6 @@ async def dead_letters(
 router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
 
 
-def _res(request: Request) -> Resources:
-    res: Resources = request.state.resources
-    return res
-
-
 @router.get(
     "/deliveries/{delivery_id}",
     response_model=DeliveryStatus,
@@ -221,7 +216,7 @@ def _res(request: Request) -> Resources:
     responses=error_responses(401, 404, 422),
 )
 async def get_delivery(delivery_id: uuid.UUID, request: Request) -> Any:
-    async with _res(request).sessions() as session:
+    async with from_request(request).sessions() as session:
         return await delivery_status(session, delivery_id)
 
 
@@ -236,7 +231,7 @@ async def get_subscription_deliveries(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=MAX_LOGS)] = 50,
 ) -> Any:
-    async with _res(request).sessions() as session:
+    async with from_request(request).sessions() as session:
         return await subscription_deliveries(session, subscription_id, limit)
 
 
@@ -247,7 +242,7 @@ async def get_subscription_deliveries(
     responses=error_responses(401, 404, 422),
 )
 async def get_event(event_id: uuid.UUID, request: Request) -> Any:
-    async with _res(request).sessions() as session:
+    async with from_request(request).sessions() as session:
         return await event_status(session, event_id)
 
 
@@ -262,5 +257,5 @@ async def get_dead_letters(
     subscription_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LOGS)] = 100,
 ) -> Any:
-    async with _res(request).sessions() as session:
+    async with from_request(request).sessions() as session:
         return await dead_letters(session, subscription_id, limit)

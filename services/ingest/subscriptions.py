@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from services.ingest.auth import require_api_key
 from services.ingest.errors import NotFound, Unprocessable, error_responses
-from services.ingest.resources import Resources
+from services.ingest.resources import Resources, from_request
 from services.ingest.schemas import (
     SubscriptionCreate,
     SubscriptionCreated,
@@ -164,11 +164,6 @@ router = APIRouter(
 )
 
 
-def _res(request: Request) -> Resources:
-    res: Resources = request.state.resources
-    return res
-
-
 @router.post(
     "/",
     status_code=201,
@@ -177,7 +172,7 @@ def _res(request: Request) -> Resources:
     responses=error_responses(400, 401, 422),
 )
 async def create(data: SubscriptionCreate, request: Request) -> Subscription:
-    res = _res(request)
+    res = from_request(request)
     async with res.sessions.begin() as session:
         sub = await create_subscription(session, data, max_url_length=res.settings.max_url_length)
     await announce_change(res, sub.id)
@@ -196,7 +191,7 @@ async def list_(
     skip: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> Sequence[Subscription]:
-    async with _res(request).sessions() as session:
+    async with from_request(request).sessions() as session:
         return await list_subscriptions(session, skip=skip, limit=limit)
 
 
@@ -207,7 +202,7 @@ async def list_(
     responses=error_responses(401, 404, 422),
 )
 async def get(subscription_id: uuid.UUID, request: Request) -> Subscription:
-    async with _res(request).sessions() as session:
+    async with from_request(request).sessions() as session:
         return await get_subscription(session, subscription_id)
 
 
@@ -220,7 +215,7 @@ async def get(subscription_id: uuid.UUID, request: Request) -> Subscription:
 async def update(
     subscription_id: uuid.UUID, patch: SubscriptionUpdate, request: Request
 ) -> Subscription:
-    res = _res(request)
+    res = from_request(request)
     async with res.sessions.begin() as session:
         sub = await update_subscription(
             session, subscription_id, patch, max_url_length=res.settings.max_url_length
@@ -240,7 +235,7 @@ async def update(
     responses=error_responses(401, 404, 422),
 )
 async def remove(subscription_id: uuid.UUID, request: Request) -> Response:
-    res = _res(request)
+    res = from_request(request)
     async with res.sessions.begin() as session:
         await delete_subscription(session, subscription_id)
     await announce_change(res, subscription_id)

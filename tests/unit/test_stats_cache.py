@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from services.ingest.stats import StatsCache
+from services.ingest.stats_cache import StatsCache
 
 HOUR = timedelta(hours=1)
 

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from services.ingest.errors import HookstreamError, Unprocessable
 from services.ingest.redelivery import replay_failures, retry_delivery
+from services.ingest.resources import from_request
 from services.ingest.schemas import SubscriptionCreate, SubscriptionUpdate
 from services.ingest.status import delivery_status
 from services.ingest.subscriptions import (
@@ -34,7 +35,6 @@ from services.ingest.ui.web import (
     describe,
     read_form,
     redirect,
-    resources,
 )
 from shared.logging import get_logger
 
@@ -70,7 +70,7 @@ def _field_errors(exc: ValidationError | Unprocessable) -> dict[str, str]:
 @router.post(f"{PREFIX}/subscriptions")
 async def create(request: Request, session: LoggedIn) -> Response:
     form = await read_form(request, session)
-    res = resources(request)
+    res = from_request(request)
     values = {k: form.get(k, "") for k in ("target_url", "event_types")}
     try:
         data = SubscriptionCreate(
@@ -92,7 +92,7 @@ async def create(request: Request, session: LoggedIn) -> Response:
 @router.post(f"{PREFIX}/subscriptions/{{subscription_id}}")
 async def update(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
     form = await read_form(request, session)
-    res = resources(request)
+    res = from_request(request)
     values = {k: form.get(k, "") for k in ("target_url", "event_types")}
     fields: dict[str, Any] = {
         "target_url": values["target_url"].strip(),
@@ -123,7 +123,7 @@ async def update(subscription_id: uuid.UUID, request: Request, session: LoggedIn
 @router.post(f"{PREFIX}/subscriptions/{{subscription_id}}/active")
 async def set_active(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
     form = await read_form(request, session)
-    res = resources(request)
+    res = from_request(request)
     active = form.get("active") == "true"
     async with res.sessions.begin() as db:
         await update_subscription(
@@ -148,7 +148,7 @@ async def replay(subscription_id: uuid.UUID, request: Request, session: LoggedIn
     if hours not in REPLAY_WINDOWS_HOURS:
         raise Unprocessable(["form", "since_hours"], "pick one of the offered windows")
     since = datetime.now(UTC) - timedelta(hours=hours)
-    replayed, expired = await replay_failures(resources(request), subscription_id, since)
+    replayed, expired = await replay_failures(from_request(request), subscription_id, since)
     log.info(
         "replay", subscription_id=str(subscription_id), replayed=len(replayed), via="dashboard"
     )
@@ -161,7 +161,7 @@ async def replay(subscription_id: uuid.UUID, request: Request, session: LoggedIn
 @router.post(f"{PREFIX}/deliveries/{{delivery_id}}/retry")
 async def retry(delivery_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
     await read_form(request, session)
-    res = resources(request)
+    res = from_request(request)
     async with res.sessions() as db:
         # How many attempts there are now: the page refreshes itself until there are more.
         seen = (await delivery_status(db, delivery_id)).total_attempts

@@ -14,14 +14,14 @@ from starlette.responses import Response
 
 from services.ingest.errors import NotFound
 from services.ingest.redelivery import DEFAULT_REPLAY_WINDOW, stored_event
-from services.ingest.resources import Resources
+from services.ingest.resources import Resources, from_request
 from services.ingest.stats import window_stats
 from services.ingest.status import dead_letters, delivery_status, subscription_deliveries
 from services.ingest.subscriptions import get_subscription, list_subscriptions
 from services.ingest.ui import queries
 from services.ingest.ui.chart import per_minute_chart
 from services.ingest.ui.payload import payload_view
-from services.ingest.ui.web import PREFIX, LoggedIn, UiRoute, render, resources
+from services.ingest.ui.web import PREFIX, LoggedIn, UiRoute, render
 from shared.models import AttemptStatus, Subscription
 
 router = APIRouter(route_class=UiRoute, include_in_schema=False)
@@ -70,7 +70,7 @@ async def _overview_rows(res: Resources, first_minute: datetime) -> tuple[Any, .
 
 @router.get(PREFIX)
 async def overview(request: Request, _: LoggedIn) -> Response:
-    res = resources(request)
+    res = from_request(request)
     first_minute = queries.window_start(datetime.now(UTC))
     window = queries.HEALTH_WINDOW
     # Two connections at once: the window statistics (cached a few seconds, shared with
@@ -99,7 +99,7 @@ async def subscriptions_page(
     _: LoggedIn,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
 ) -> Response:
-    res = resources(request)
+    res = from_request(request)
     since = queries.window_start(datetime.now(UTC))
     async with res.sessions() as db:
         subs = await list_subscriptions(db, skip=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
@@ -153,7 +153,7 @@ async def subscription_page(
     _: LoggedIn,
     notice: Notice = None,
 ) -> Response:
-    res = resources(request)
+    res = from_request(request)
     since = queries.window_start(datetime.now(UTC))
     async with res.sessions() as db:
         try:
@@ -185,7 +185,7 @@ async def subscription_page(
 async def edit_subscription_page(
     subscription_id: uuid.UUID, request: Request, _: LoggedIn
 ) -> Response:
-    async with resources(request).sessions() as db:
+    async with from_request(request).sessions() as db:
         sub = await get_subscription(db, subscription_id)
     return subscription_form(request, sub)
 
@@ -202,7 +202,7 @@ async def delivery_page_response(
     error: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    async with resources(request).sessions() as db:
+    async with from_request(request).sessions() as db:
         status = await delivery_status(db, delivery_id)
         event = await stored_event(db, status.event_id)
         sub = await db.get(Subscription, status.subscription_id)
@@ -254,7 +254,7 @@ async def dlq_page(
     n: Count = None,
     expired: Count = None,
 ) -> Response:
-    async with resources(request).sessions() as db:
+    async with from_request(request).sessions() as db:
         letters = await dead_letters(db, subscription_id, DLQ_ROWS)
     per_subscription: dict[uuid.UUID, int] = {}
     for item in letters.items:

@@ -23,7 +23,6 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from services.ingest.errors import BadRequest, HookstreamError
-from services.ingest.resources import Resources
 from services.ingest.ui import session as sessions
 from services.ingest.ui.session import UiSession
 
@@ -86,11 +85,6 @@ class CsrfRejected(HookstreamError):
         "this form has expired or did not come from this dashboard: reload the page and "
         "submit it again"
     )
-
-
-def resources(request: Request) -> Resources:
-    res: Resources = request.state.resources
-    return res
 
 
 def current_session(request: Request) -> UiSession | None:
