@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 
 from shared.records import DeliveryJob, delivery_id_for
 from tests.support.dispatch import DispatchWorld
-from tests.support.procs import ServiceProcess
+from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import BlackHole, Received, TargetServer
 
@@ -60,19 +60,15 @@ def hub_valid(secret: str, received: Received) -> bool:
 def dispatcher(
     module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(
+    with running_service(
         module_stack,
         "dispatcher",
-        log_dir=tmp_path_factory.mktemp("dispatcher"),
+        tmp_path_factory.mktemp("dispatcher"),
         HOOKSTREAM_DELIVERY_TIMEOUT=str(DELIVERY_TIMEOUT),
         HOOKSTREAM_SUBSCRIPTION_CACHE_TTL=str(CACHE_TTL),
-    )
-    yield proc
-    code = proc.stop()
-    log = proc.log()
-    assert code == 0, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
-    assert '"event": "drained"' in log
+    ) as proc:
+        yield proc
+    assert '"event": "drained"' in proc.log()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from shared.records import DeliveryJob
 from tests.support.dispatch import DispatchWorld
-from tests.support.procs import ServiceProcess
+from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import TargetServer
 
@@ -23,14 +23,13 @@ from tests.support.targets import TargetServer
 def dispatcher(
     module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(
+    with running_service(
         module_stack,
         "dispatcher",
-        log_dir=tmp_path_factory.mktemp("dispatcher"),
+        tmp_path_factory.mktemp("dispatcher"),
         HOOKSTREAM_ALLOW_PRIVATE_TARGETS="false",
-    )
-    yield proc
-    assert proc.stop() == 0, proc.log()[-3000:]
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture

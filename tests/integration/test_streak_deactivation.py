@@ -18,7 +18,7 @@ import pytest
 from services.ingest.schemas import SubscriptionOut
 from shared.records import DeliveryJob
 from tests.support.dispatch import DispatchWorld
-from tests.support.procs import ServiceProcess
+from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import TargetServer
 
@@ -30,20 +30,16 @@ LAST_ATTEMPT = 4
 def dispatcher(
     module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(
+    with running_service(
         module_stack,
         "dispatcher",
-        log_dir=tmp_path_factory.mktemp("dispatcher"),
+        tmp_path_factory.mktemp("dispatcher"),
         HOOKSTREAM_DELIVERY_TIMEOUT="2.5",
         HOOKSTREAM_SUBSCRIPTION_CACHE_TTL="1",
         HOOKSTREAM_DEACTIVATE_AFTER_FAILURES="3",
         HOOKSTREAM_DEACTIVATE_AFTER="0s",
-    )
-    yield proc
-    code = proc.stop()
-    log = proc.log()
-    assert code == 0, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture

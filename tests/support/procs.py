@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.stack import ROOT, IsolatedStack
@@ -52,3 +54,18 @@ class ServiceProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextmanager
+def running_service(
+    stack: IsolatedStack, name: str, log_dir: Path, **env: str
+) -> Iterator[ServiceProcess]:
+    """A service process for the block; it must then stop cleanly (exit 0, no traceback)."""
+    proc = ServiceProcess(stack, name, log_dir=log_dir, **env)
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+    log = proc.log()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
