@@ -9,8 +9,6 @@ stack. ``TopicProbe`` reads a topic without a consumer group (end offsets, new r
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,11 +21,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from tests.support.private_stack import link_main_kafka_libs, run_stack_sh
 from tests.support.procs import ServiceProcess, free_port
-from tests.support.stack import ROOT, IsolatedStack
-
-STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
-MAIN_KAFKA_LIBS = ROOT / ".local" / "kafka" / "libs"
+from tests.support.stack import IsolatedStack
 
 
 class PrivateKafka:
@@ -39,38 +35,15 @@ class PrivateKafka:
         self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            HOOKSTREAM_LOCAL_DIR=str(self.local_dir),
-            HOOKSTREAM_KAFKA_PORT=str(self.port),
-            HOOKSTREAM_KAFKA_CONTROLLER_PORT=str(self.controller_port),
-        )
-        return env
-
     def _stack(self, *args: str) -> None:
-        # The private directory is what keeps `down` away from the shared stack's pid files.
-        assert self.local_dir.resolve() != (ROOT / ".local").resolve()
-        result = subprocess.run(
-            [str(STACK_SH), *args],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if result.returncode != 0:
-            log = self.local_dir / "kafka" / "server.log"
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"stack.sh {' '.join(args)} failed:\n{result.stderr}\n{tail}")
+        ports = {
+            "HOOKSTREAM_KAFKA_PORT": self.port,
+            "HOOKSTREAM_KAFKA_CONTROLLER_PORT": self.controller_port,
+        }
+        run_stack_sh(self.local_dir, ports, *args)
 
     def up(self) -> None:
-        libs = self.local_dir / "kafka" / "libs"
-        if not libs.exists():
-            # Reuse the main checkout's jars instead of fetching them again from Maven.
-            assert (MAIN_KAFKA_LIBS / ".complete").exists(), "run `make stack-up` first"
-            libs.parent.mkdir(parents=True, exist_ok=True)
-            libs.symlink_to(MAIN_KAFKA_LIBS, target_is_directory=True)
+        link_main_kafka_libs(self.local_dir)
         self._stack("up", "kafka")
 
     def down(self) -> None:

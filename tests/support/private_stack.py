@@ -33,6 +33,33 @@ Component = Literal["postgres", "redis", "kafka"]
 
 STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
 MAIN_KAFKA_LIBS = ROOT / ".local" / "kafka" / "libs"
+
+
+def link_main_kafka_libs(local_dir: Path) -> None:
+    """Reuse the main checkout's Kafka jars instead of fetching them again from Maven."""
+    libs = local_dir / "kafka" / "libs"
+    if not libs.exists():
+        assert (MAIN_KAFKA_LIBS / ".complete").exists(), "run `make stack-up` first"
+        libs.parent.mkdir(parents=True, exist_ok=True)
+        libs.symlink_to(MAIN_KAFKA_LIBS, target_is_directory=True)
+
+
+def run_stack_sh(local_dir: Path, ports: dict[str, int], *args: str) -> None:
+    """``deploy/local/stack.sh <args>`` for a private stack under ``local_dir``."""
+    # The private directory is what keeps `down` away from the shared stack's pid files.
+    assert local_dir.resolve() != (ROOT / ".local").resolve()
+    env = dict(os.environ)
+    env["HOOKSTREAM_LOCAL_DIR"] = str(local_dir)
+    env.update({name: str(port) for name, port in ports.items()})
+    result = subprocess.run(
+        [str(STACK_SH), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    if result.returncode != 0:
+        log = local_dir / "kafka" / "server.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise RuntimeError(f"stack.sh {' '.join(args)} failed:\n{result.stderr[-3000:]}\n{tail}")
+
+
 PG_OS_USER = os.environ.get("HOOKSTREAM_PG_OS_USER", "hookstream-pg")
 
 # Ports below Linux's ephemeral range (32768-60999): while a component is stopped, no
@@ -97,36 +124,20 @@ class PrivateStack:
 
     # --- stack.sh -------------------------------------------------------------------
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            HOOKSTREAM_LOCAL_DIR=str(self.local_dir),
-            HOOKSTREAM_PG_PORT=str(self.pg_port),
-            HOOKSTREAM_REDIS_PORT=str(self.redis_port),
-            HOOKSTREAM_KAFKA_PORT=str(self.kafka_port),
-            HOOKSTREAM_KAFKA_CONTROLLER_PORT=str(self.kafka_controller_port),
-        )
-        return env
+    def _ports(self) -> dict[str, int]:
+        return {
+            "HOOKSTREAM_PG_PORT": self.pg_port,
+            "HOOKSTREAM_REDIS_PORT": self.redis_port,
+            "HOOKSTREAM_KAFKA_PORT": self.kafka_port,
+            "HOOKSTREAM_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+        }
 
     def _stack(self, *args: str) -> None:
-        result = subprocess.run(
-            [str(STACK_SH), *args],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"stack.sh {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        run_stack_sh(self.local_dir, self._ports(), *args)
 
     def up(self) -> None:
         """Every component. The Kafka jars are the main checkout's (no second download)."""
-        libs = self.local_dir / "kafka" / "libs"
-        if not libs.exists():
-            assert (MAIN_KAFKA_LIBS / ".complete").exists(), "run `make stack-up` first"
-            libs.parent.mkdir(parents=True, exist_ok=True)
-            libs.symlink_to(MAIN_KAFKA_LIBS, target_is_directory=True)
+        link_main_kafka_libs(self.local_dir)
         self._stack("up")
 
     def down(self) -> None:
