@@ -95,8 +95,10 @@ async def list_subscriptions(
     return (await session.execute(query)).scalars().all()
 
 
-async def get_subscription(session: AsyncSession, subscription_id: uuid.UUID) -> Subscription:
-    sub = await session.get(Subscription, subscription_id)
+async def get_subscription(
+    session: AsyncSession, subscription_id: uuid.UUID, *, for_update: bool = False
+) -> Subscription:
+    sub = await session.get(Subscription, subscription_id, with_for_update=for_update)
     if sub is None:
         raise NotFound("subscription not found")
     return sub
@@ -109,7 +111,9 @@ async def update_subscription(
     *,
     max_url_length: int,
 ) -> Subscription:
-    sub = await get_subscription(session, subscription_id)
+    # Locked: a DELETE committed between our read and our UPDATE would leave the UPDATE
+    # matching no row (a 500). With the lock, the read waits for it and finds nothing.
+    sub = await get_subscription(session, subscription_id, for_update=True)
     fields = patch.model_fields_set
     for name in fields - {"secret_key"}:
         if getattr(patch, name) is None:
