@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
+from services.retry_scheduler.settings import SchedulerSettings
 from shared.settings import Settings, format_duration
 from tests.deploy import compose as cf
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+# Every settings class a service reads: the shared one and the per-service ones.
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (Settings, SchedulerSettings)
 _ROW = re.compile(r"^\|\s*`(HOOKSTREAM_[A-Z0-9_]+)`\s*\|\s*`([^`]*)`\s*\|(.+)\|\s*$")
 
 
@@ -45,16 +49,25 @@ def table() -> dict[str, tuple[str, str]]:
     return rows
 
 
+def all_settings() -> dict[str, tuple[type[BaseSettings], str]]:
+    """``{HOOKSTREAM_NAME: (settings class, field)}`` across every settings class."""
+    return {
+        var: (cls, field)
+        for cls in SETTINGS_CLASSES
+        for var, field in cf.setting_names(cls).items()
+    }
+
+
 def test_every_setting_is_documented(table: dict[str, tuple[str, str]]) -> None:
-    names = set(cf.setting_names(Settings))
+    names = set(all_settings())
     assert sorted(names - set(table)) == [], "document these in docs/operations.md"
     assert sorted(set(table) - names) == [], "these are not settings any more"
 
 
 def test_documented_defaults_are_the_code_defaults(table: dict[str, tuple[str, str]]) -> None:
     wrong = {}
-    for var, field in cf.setting_names(Settings).items():
-        info = Settings.model_fields[field]
+    for var, (cls, field) in all_settings().items():
+        info = cls.model_fields[field]
         default = info.get_default(call_default_factory=True)
         if table[var][0] != documented_default(default):
             wrong[var] = (table[var][0], documented_default(default))
@@ -67,7 +80,7 @@ def test_every_setting_says_what_it_does(table: dict[str, tuple[str, str]]) -> N
 
 def test_every_hookstream_name_in_the_doc_is_a_setting() -> None:
     mentioned = set(re.findall(r"HOOKSTREAM_[A-Z0-9_]+", DOC.read_text()))
-    assert sorted(mentioned - set(cf.setting_names(Settings))) == []
+    assert sorted(mentioned - set(all_settings())) == []
 
 
 @pytest.mark.parametrize(
