@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)
 # Procfile commands say `python`: make it the virtualenv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status migrate topics run test test-faults bench lint typecheck clean browser
+.PHONY: help venv lock stack-up stack-down stack-status migrate topics run test test-faults bench lint typecheck clean browser
 
 help:
 	@echo "make run          set up everything and run Hookstream on 127.0.0.1:8000"
@@ -28,13 +28,22 @@ help:
 	@echo "make test-faults  fault-injection scenarios"
 	@echo "make bench        benchmark report (bench/results/)"
 	@echo "make stack-up|stack-down|stack-status   local PostgreSQL, Redis, Kafka"
-	@echo "make migrate | topics | lint | typecheck"
+	@echo "make migrate | topics | lint | typecheck | lock"
 
-# Reinstall when pyproject.toml changes; pip keeps its downloads in ~/.cache/pip.
-$(VENV)/.installed: pyproject.toml
+# Reinstall when pyproject.toml or the lock changes; pip keeps its downloads in
+# ~/.cache/pip. constraints.txt pins every version the tests last passed with.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
+
+# Re-resolve the newest versions pyproject.toml allows into constraints.txt, in a
+# throwaway virtualenv; then run make test before committing the new lock.
+lock:
+	rm -rf .local/lock-venv && mkdir -p .local && $(PYTHON) -m venv .local/lock-venv
+	.local/lock-venv/bin/pip install -q -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; .local/lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .local/lock-venv
 
 venv: $(VENV)/.installed
 
