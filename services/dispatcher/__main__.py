@@ -7,6 +7,7 @@ Scale out by running more processes (``HOOKSTREAM_DISPATCHER_PROCESSES`` for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 
 from services.dispatcher.attempts import AttemptWriter
@@ -16,6 +17,7 @@ from services.dispatcher.delivery_stage import DeliveryStage
 from services.dispatcher.fanout import EventWriter, FanOutStage
 from services.dispatcher.publishing import Publisher
 from services.dispatcher.resources import open_resources
+from services.dispatcher.stalls import LoopStalls
 from services.dispatcher.streaks import Deactivated, StreakPolicy
 from shared.breaker import BreakerConfig, CircuitBreaker
 from shared.logging import get_logger
@@ -78,6 +80,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         events.start()
         tune_gc()
         publisher = Publisher(res.producer)
+        stalls = LoopStalls()
+        watching = asyncio.create_task(stalls.run(), name="stall-watch")
         try:
             dispatcher = Dispatcher(
                 res.consumer,
@@ -100,6 +104,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                             BreakerConfig(probe_lease=max(15.0, settings.delivery_timeout + 5)),
                         )
                     ),
+                    stalls=stalls,
                 ),
                 drain_timeout=drain_timeout(settings),
             )
@@ -111,6 +116,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             )
             await dispatcher.run(stop)
         finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             await events.close(_FLUSH_TIMEOUT)
             await attempts.close(_FLUSH_TIMEOUT)
 

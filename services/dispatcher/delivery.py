@@ -69,6 +69,8 @@ class Outcome:
     gone: bool = False
     retry_after: str | None = None
     excerpt: str | None = None
+    # The total timeout ran out (the target, or a stall of this process: see stalls.py).
+    timed_out: bool = False
 
     @classmethod
     def skipped(cls, reason: str) -> Outcome:
@@ -110,7 +112,9 @@ def outcome_of_error(exc: BaseException, *, timeout: float) -> Outcome:
     if isinstance(exc, aiohttp.InvalidURL):
         return Outcome.refused(f"invalid target URL: {exc}")
     if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's ServerTimeoutError
-        return Outcome(ok=False, error=f"timeout after {timeout:g}s", retryable=True)
+        return Outcome(
+            ok=False, error=f"timeout after {timeout:g}s", retryable=True, timed_out=True
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return Outcome(ok=False, error=f"TLS certificate error: {exc}", retryable=True)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):

@@ -38,6 +38,7 @@ from services.dispatcher.delivery import (
 from services.dispatcher.limits import TargetLimits
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.sender import post
+from services.dispatcher.stalls import LoopStalls
 from services.dispatcher.streaks import Streak
 from shared.breaker import target_of
 from shared.logging import get_logger
@@ -65,6 +66,9 @@ _TARGET_CACHE_SIZE = 10_000
 # partitions' flow-control budget, for a whole delivery timeout (10 s) until its breaker
 # opens. A busy target that keeps answering is waited for.
 LANE_PATIENCE = 5.0
+# A timed-out attempt whose request had less than this share of the timeout in running
+# time was cut short by a stall of this process (stalls.py), not by the target.
+_FAIR_SHARE = 0.9
 # One breaker cool-down (shared/breaker.py BreakerConfig: 30 s): an overdue job's target
 # has had its half-open probe before deferrals start costing attempts.
 DEFERRAL_GRACE = timedelta(seconds=30)
@@ -101,6 +105,7 @@ class DeliveryStage:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     breaker: BreakerGate | None = None
+    stalls: LoopStalls | None = None
     limits: TargetLimits = dataclasses.field(init=False)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
     _can_defer: bool = dataclasses.field(init=False, default=True)
@@ -136,6 +141,11 @@ class DeliveryStage:
                 outcome = Outcome.refused(target.refused)
             else:
                 attempted = await self._attempt(job, sub, target, progress)
+                if not isinstance(attempted, str) and self._cut_short(*attempted):
+                    # Our stall, not the target's silence: on the record, then sent
+                    # again at once (once), with nothing counted against the target.
+                    await self._record_interrupted(job, target_url, *attempted)
+                    attempted = await self._attempt(job, sub, target, progress)
                 if isinstance(attempted, str):
                     if not self._overdue(job):
                         await self._defer(job, attempted)
@@ -159,6 +169,42 @@ class DeliveryStage:
                 await self.breaker.record(target.key, alive)
             except Exception as exc:  # never worth sending the request again
                 log.warning("breaker not updated", target=target.key, error=repr(exc))
+
+    def _cut_short(self, outcome: Outcome, duration_ms: int) -> bool:
+        if not outcome.timed_out or self.stalls is None:
+            return False
+        end = self.stalls.now()
+        stalled = self.stalls.stalled_within(end - duration_ms / 1000, end)
+        running = duration_ms / 1000 - stalled
+        return running < self.settings.delivery_timeout * _FAIR_SHARE
+
+    async def _record_interrupted(
+        self, job: DeliveryJob, target_url: str, outcome: Outcome, duration_ms: int
+    ) -> None:
+        error = (
+            f"{outcome.error}, cut short: this dispatcher process was stalled (stopped or "
+            "starved of CPU) during the request; sent again, not counted against the target"
+        )
+        await self.attempts.write(
+            attempt_row(
+                job,
+                target_url=target_url,
+                status=AttemptStatus.FAILED_ATTEMPT,
+                status_code=None,
+                error=error,
+                duration_ms=duration_ms,
+                excerpt=None,
+                now=datetime.now(UTC),
+            ),
+            None,
+        )
+        log.warning(
+            "attempt cut short by a stall of this process; sending again",
+            delivery_id=str(job.delivery_id),
+            subscription_id=str(job.subscription_id),
+            attempt=job.attempt,
+            duration_ms=duration_ms,
+        )
 
     def _overdue(self, job: DeliveryJob) -> bool:
         """Has the job waited longer than its whole schedule (jitter included) and a
