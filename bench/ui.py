@@ -8,12 +8,14 @@ each page against a real ingest process, logged in like a browser: the median an
 figure is the full round trip, so it is an upper bound on the server's time.
 
 The overview's statistics (``stats.compute_stats``) are fresh for 5 s, shared with GET
-/status/stats, then served stale for up to 60 s while one background run recomputes them.
-So the overview is measured three ways: the very first load (computes inline), back to
-back, and after the 5 s freshness ran out. Target: every page under 100 ms. On this data
-set compute_stats alone takes ~115 ms in-process (its totals query ~72 ms: scan ~20,
-count(DISTINCT) +20, percentiles +15; the per-subscription query ~30-45 ms), so only the
-first load after a start (or after a minute with no viewer) misses it.
+/status/stats, then served stale for up to 10 min while one background run recomputes
+them. Start-up compiles the templates and computes the overview's window (waiting up to
+2 s, then going on in the background), so the very first load finds them ready. On this
+data set compute_stats alone takes ~115 ms in-process warm, ~300 ms in a fresh process
+(its totals query ~72 ms: scan ~20, count(DISTINCT) +20, percentiles +15; the
+per-subscription query ~30-45 ms). So the overview is measured three ways: the first
+load after start-up, back to back, and after the 5 s freshness ran out; and start-up
+itself (process start to healthy) is reported. Target: every page under 100 ms.
 
 Run alone: ``python -m bench ui``.
 """
@@ -148,19 +150,30 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
         "delivery_ms": (f"/ui/deliveries/{ids['delivery']}", "4 attempts + payload"),
         "dlq_ms": ("/ui/dlq", f"latest 200 of {FAILED} dead letters"),
     }
+    started = time.monotonic()
     server = IngestServer(
         stack, Path(tempfile.mkdtemp(prefix="bench-ui-")), HOOKSTREAM_LOG_LEVEL="WARNING"
     )
     rows: list[dict[str, Any]] = []
     try:
         server.wait_healthy()
+        rows.append(
+            {
+                "section": SECTION,
+                "metric": "startup_s",
+                "value": round(time.monotonic() - started, 2),
+                "unit": "s",
+                "note": "ingest process start → healthy, including the overview's statistics "
+                "(bounded at 2 s)",
+            }
+        )
         with httpx.Client(base_url=server.url, timeout=30) as client:
             _login(client, server.api_key)
             rows.append(
                 _row(
                     "overview_first_ms",
                     [_time(client, "/ui")],
-                    "first load after start: statistics computed inline (one sample)",
+                    "first load after start-up (one sample)",
                 )
             )
             for metric, (path, note) in pages.items():

@@ -27,6 +27,7 @@ from services.ingest.ingest_endpoint import add_ingest_route
 from services.ingest.request_body import BodyLimitMiddleware, HeaderLimitMiddleware
 from services.ingest.resources import Resources, open_resources
 from services.ingest.ui.queries import HEALTH_WINDOW as OVERVIEW_WINDOW
+from services.ingest.ui.web import compile_templates
 from shared import __version__
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -57,8 +58,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         log = get_logger("ingest")
         async with open_resources(settings) as resources:
-            # The dashboard's overview window, so its first viewer does not wait on SQL.
-            stats.prewarm(resources, OVERVIEW_WINDOW)
+            # The dashboard's first viewer should not pay for start-up work: its templates
+            # are compiled and the overview's statistics computed (bounded) before the
+            # service answers.
+            compile_templates()
+            if not await stats.prewarm(resources, OVERVIEW_WINDOW):
+                log.info("dashboard statistics still computing in the background")
             settle_heap()
             log.info("started", host=settings.http_host, port=settings.http_port)
             yield {"resources": resources}

@@ -30,12 +30,22 @@ class StatsCache:
         self._entries: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
         self._pending: dict[tuple[int, int], asyncio.Task[dict[str, Any]]] = {}
 
-    def warm(
-        self, window: timedelta, top: int, compute: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> None:
+    async def warm(
+        self,
+        window: timedelta,
+        top: int,
+        compute: Callable[[], Awaitable[dict[str, Any]]],
+        *,
+        wait: float,
+    ) -> bool:
+        """Compute an answer ahead of its first request, waiting up to ``wait`` seconds;
+        past that it finishes in the background. True when the answer is ready."""
         key = (int(window.total_seconds()), top)
-        if key not in self._pending and key not in self._entries:
-            self._start(key, compute)
+        if key in self._entries:
+            return True
+        task = self._pending.get(key) or self._start(key, compute)
+        await asyncio.wait({task}, timeout=wait)
+        return key in self._entries
 
     async def get_or_compute(
         self,

@@ -77,3 +77,21 @@ async def test_a_failed_run_keeps_the_previous_answer() -> None:
     assert await other.get_or_compute(HOUR, 1, ok) == {"ok": True}
     assert await other.get_or_compute(HOUR, 1, broken) == {"ok": True}  # stale beats error
     await other.close()
+
+
+async def test_warm_waits_a_bounded_time_then_finishes_in_the_background() -> None:
+    cache, compute = StatsCache(ttl=60, stale=120), Counter()
+    assert await cache.warm(HOUR, 10, compute, wait=0.05) is False  # still computing
+    compute.gate.set()
+    # The same run, not a second one, answers the first request.
+    assert await cache.get_or_compute(HOUR, 10, compute) == {"run": 1}
+    assert await cache.warm(HOUR, 10, compute, wait=0.05) is True
+    assert compute.runs == 1
+
+
+async def test_warm_that_finishes_in_time_leaves_an_answer() -> None:
+    cache, compute = StatsCache(ttl=60, stale=120), Counter()
+    compute.gate.set()
+    assert await cache.warm(HOUR, 10, compute, wait=5) is True
+    assert await cache.get_or_compute(HOUR, 10, compute) == {"run": 1}
+    assert compute.runs == 1

@@ -59,6 +59,13 @@ def _seconds(value: float | None) -> str:
 
 templates.filters.update(when=_when, percent=_percent, seconds=_seconds)
 
+
+def compile_templates() -> None:
+    """Compile every template now (start-up), not during some viewer's first request."""
+    for name in templates.list_templates():
+        templates.get_template(name)
+
+
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
