@@ -128,6 +128,15 @@ class DeliveryJob:
             body=event.body,
         )
 
+    def log_fields(self) -> dict[str, str | int]:
+        """The ids a log line about this job carries (never its body)."""
+        return {
+            "delivery_id": str(self.delivery_id),
+            "event_id": str(self.event_id),
+            "subscription_id": str(self.subscription_id),
+            "attempt": self.attempt,
+        }
+
     @property
     def key(self) -> bytes:
         return str(self.subscription_id).encode()

@@ -200,9 +200,7 @@ class DeliveryStage:
         )
         log.warning(
             "attempt cut short by a stall of this process; sending again",
-            delivery_id=str(job.delivery_id),
-            subscription_id=str(job.subscription_id),
-            attempt=job.attempt,
+            **job.log_fields(),
             duration_ms=duration_ms,
         )
 
@@ -298,9 +296,7 @@ class DeliveryStage:
         RETRIES.labels(retry.topic.rsplit(".", 1)[-1]).inc()
         log.info(
             "delivery deferred",
-            delivery_id=str(job.delivery_id),
-            subscription_id=str(job.subscription_id),
-            attempt=job.attempt,
+            **job.log_fields(),
             reason=reason,
             due_at=retry.due_at.isoformat(),
         )
@@ -389,10 +385,7 @@ class DeliveryStage:
             host = None
         log.info(
             "delivery not successful",
-            delivery_id=str(job.delivery_id),
-            event_id=str(job.event_id),
-            subscription_id=str(job.subscription_id),
-            attempt=job.attempt,
+            **job.log_fields(),
             status=decision.status.value,
             status_code=outcome.status_code,
             error=decision.error,

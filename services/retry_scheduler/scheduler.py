@@ -191,9 +191,7 @@ class RetryScheduler:
         RETRY_LATENESS.observe(max(late, 0.0))
         log.info(
             "retry re-published",
-            delivery_id=str(job.delivery_id),
-            subscription_id=str(job.subscription_id),
-            attempt=job.attempt,
+            **job.log_fields(),
             tier=record.topic,
             late_ms=round(late * 1000),
         )

@@ -14,7 +14,6 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,12 +30,6 @@ pytestmark = pytest.mark.slow
 TARGETED = 3000
 FANOUT_EVENTS = 10
 SUBSCRIPTIONS = 24
-
-
-@pytest.fixture
-async def world(module_stack: IsolatedStack) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(module_stack.settings()) as w:
-        yield w
 
 
 def start_dispatcher(

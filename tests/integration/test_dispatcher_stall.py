@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,6 @@ DELIVERY_TIMEOUT = 2.0
 # Longer than the delivery timeout, well inside the consumer's 10 s session timeout: the
 # process keeps its partitions, so the outcome is its own to record.
 STOPPED_FOR = 4.5
-
-
-@pytest.fixture
-async def world(module_stack: IsolatedStack) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(module_stack.settings()) as w:
-        yield w
 
 
 async def test_a_stopped_dispatcher_sends_again_and_blames_nobody(
