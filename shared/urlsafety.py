@@ -45,6 +45,22 @@ _V6 = ipaddress.IPv6Network
 # (network, reason), checked in order. Sources: IANA IPv4/IPv6 Special-Purpose Address
 # Registries (RFC 6890 and updates). ``is_global`` below is the backstop for anything
 # newer that the stdlib knows and this table does not.
+# Globally reachable assignments inside the blocked ranges below (IANA marks them
+# "Globally Reachable: True"): anycast services and relays, never an internal host.
+# Checked first, so the answer does not depend on the Python version's ``is_global``
+# (3.11.7 calls 2001:1::1 non-global, 3.11.10 and 3.12.4+ global).
+_GLOBAL_EXCEPTIONS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    _V4("192.0.0.9/32"),  # Port Control Protocol anycast
+    _V4("192.0.0.10/32"),  # TURN anycast
+    _V6("2001:1::1/128"),  # Port Control Protocol anycast
+    _V6("2001:1::2/128"),  # TURN anycast
+    _V6("2001:1::3/128"),  # DNS-SD service registration anycast
+    _V6("2001:3::/32"),  # AMT
+    _V6("2001:4:112::/48"),  # AS112-v6
+    _V6("2001:20::/28"),  # ORCHIDv2
+    _V6("2001:30::/28"),  # drone remote ID (DETs)
+)
+
 _BLOCKED_V4: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
     (_V4("0.0.0.0/8"), "unspecified ('this network') address"),
     (_V4("10.0.0.0/8"), "private address"),
@@ -73,6 +89,9 @@ _BLOCKED_V6: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
     (_V6("100::/64"), "discard-only address"),
     # Teredo hides the client's IPv4 address obfuscated; refuse the whole range.
     (_V6("2001::/32"), "Teredo address"),
+    (_V6("2001:2::/48"), "benchmarking address"),
+    # The rest of the IETF protocol block (the global parts are exceptions above).
+    (_V6("2001::/23"), "IETF protocol assignment"),
     (_V6("2001:db8::/32"), "documentation address"),
     (_V6("3fff::/20"), "documentation address"),
     # SRv6 segment identifiers (RFC 9602): not globally reachable, yet ipaddress in
@@ -105,6 +124,8 @@ def classify_address(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
+        if any(ip in net for net in _GLOBAL_EXCEPTIONS):
+            return None
         embedded = _embedded_v4(ip)
         if embedded is not None:
             v4, how = embedded
@@ -114,6 +135,8 @@ def classify_address(ip: IPAddress) -> str | None:
             if ip in net6:
                 return f"{why} {ip}"
     else:
+        if any(ip in net for net in _GLOBAL_EXCEPTIONS):
+            return None
         for net4, why in _BLOCKED_V4:
             if ip in net4:
                 return f"{why} {ip}"

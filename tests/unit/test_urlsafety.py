@@ -42,6 +42,8 @@ BLOCKED = [
     ("198.51.100.7", "documentation"),
     ("203.0.113.9", "documentation"),
     ("192.0.0.170", "IETF protocol"),
+    ("192.0.0.8", "IETF protocol"),  # next to the global 192.0.0.9 and .10
+    ("192.0.0.11", "IETF protocol"),
     ("::1", "loopback"),
     ("::", "unspecified"),
     ("fc00::1", "unique local"),
@@ -52,6 +54,9 @@ BLOCKED = [
     ("ff02::1", "multicast"),
     ("2001:db8::1", "documentation"),
     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+    ("2001:2::1", "benchmarking"),
+    ("2001:1::4", "IETF protocol"),  # next to the global 2001:1::1-3
+    ("2001:10::1", "IETF protocol"),  # deprecated ORCHID
     ("100::1", "discard-only"),
     ("5f00::1", "SRv6"),
     ("::127.0.0.1", "IPv4-compatible"),
@@ -82,6 +87,16 @@ PUBLIC = [
     "::ffff:8.8.8.8",
     "64:ff9b::808:808",
     "2002:0808:0808::1",
+    # Globally reachable special-purpose addresses (IANA), whatever ipaddress says:
+    "192.0.0.9",
+    "192.0.0.10",
+    "2001:1::1",
+    "2001:1::2",
+    "2001:1::3",
+    "2001:3::1",
+    "2001:4:112::1",
+    "2001:20::1",
+    "2001:30::1",
 ]
 
 
