@@ -31,7 +31,9 @@ LAG_TIMEOUT = 2.0
 
 # SUCCESS and FAILURE rows are terminal (one per finished delivery); FAILED_ATTEMPT rows
 # are retries along the way. Latency is ingest → successful delivery (first_received_at
-# travels with the job, created_at is when the attempt row was stamped).
+# travels with the job, created_at is when the attempt row was stamped), for deliveries
+# that came from ingest: a manual retry or replay keeps the original first_received_at,
+# hours or days back, and would read as a huge latency.
 _TOTALS = text(
     """
     SELECT
@@ -42,7 +44,9 @@ _TOTALS = text(
         count(*) FILTER (WHERE status = 'FAILED_ATTEMPT') AS failed_attempts,
         percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
             ORDER BY extract(epoch FROM created_at - first_received_at)
-        ) FILTER (WHERE status = 'SUCCESS' AND first_received_at IS NOT NULL) AS latency
+        ) FILTER (
+            WHERE status = 'SUCCESS' AND first_received_at IS NOT NULL AND trigger = 'ingest'
+        ) AS latency
     FROM delivery_attempts
     WHERE created_at >= now() - CAST(:window AS interval)
     """
@@ -157,6 +161,11 @@ router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(requ
 @router.get(
     "/stats",
     summary="Delivery statistics over a window: outcomes, success rate, latency, queue depth",
+    description=(
+        "`latency_seconds` is ingest → successful delivery, over deliveries that came from "
+        "ingest (manual retries and replays keep their original receive time and are left "
+        "out). Cached: fresh for 5 s, then served stale while recomputed."
+    ),
     responses=error_responses(401, 422),
 )
 async def get_stats(

@@ -54,6 +54,7 @@ def _row(
     status: str,
     at: datetime,
     latency: float = 0.0,
+    trigger: str = "ingest",
 ) -> dict[str, object]:
     return {
         "id": uuid.uuid4(),
@@ -68,13 +69,14 @@ def _row(
         "status": status,
         "duration_ms": 5,
         "first_received_at": at - timedelta(seconds=latency),
+        "trigger": trigger,
     }
 
 
 async def _load_known_attempts(engine: AsyncEngine) -> None:
     now = datetime.now(UTC)
     t = now - timedelta(minutes=10)
-    d1, d2, d3, d4, d5, old = (uuid.uuid4() for _ in range(6))
+    d1, d2, d3, d4, d5, d6, old = (uuid.uuid4() for _ in range(7))
     rows = [
         _row(SUB_A, d1, 1, "SUCCESS", t, latency=1.0),
         _row(SUB_A, d2, 1, "FAILED_ATTEMPT", t),
@@ -83,6 +85,8 @@ async def _load_known_attempts(engine: AsyncEngine) -> None:
         _row(SUB_A, d3, 4, "FAILURE", t),
         _row(SUB_B, d4, 1, "SUCCESS", t, latency=2.0),
         _row(SUB_B, d5, 1, "FAILED_ATTEMPT", t),
+        # A replay of an old event: it counts as a delivery, not in the latency.
+        _row(SUB_B, d6, 1, "SUCCESS", t, latency=50_000.0, trigger="replay"),
         # Outside the one-hour window: must not count.
         _row(SUB_B, old, 1, "FAILURE", now - timedelta(hours=2)),
     ]
@@ -107,11 +111,11 @@ async def test_stats_on_a_known_set_of_attempts(
         assert (await c.get("/status/stats", params={"window": "0s"})).status_code == 422
 
     assert stats["window_seconds"] == 3600
-    assert stats["deliveries"] == {"total": 5, "SUCCESS": 3, "FAILURE": 1, "in_retry": 1}
-    assert stats["attempts"] == {"total": 9, "FAILED_ATTEMPT": 5}
-    assert stats["success_rate"] == 0.75
-    assert stats["attempts_per_delivery"] == 1.8
-    # percentile_cont over the success latencies 1, 2, 3 s.
+    assert stats["deliveries"] == {"total": 6, "SUCCESS": 4, "FAILURE": 1, "in_retry": 1}
+    assert stats["attempts"] == {"total": 10, "FAILED_ATTEMPT": 5}
+    assert stats["success_rate"] == 0.8
+    assert stats["attempts_per_delivery"] == 1.667
+    # percentile_cont over the success latencies 1, 2, 3 s (the replay's is left out).
     assert stats["latency_seconds"] == {"p50": 2.0, "p95": 2.9, "p99": 2.98}
     assert stats["top_subscriptions_by_failures"] == [
         {
@@ -123,10 +127,10 @@ async def test_stats_on_a_known_set_of_attempts(
         },
         {
             "subscription_id": str(SUB_B),
-            "SUCCESS": 1,
+            "SUCCESS": 2,
             "FAILURE": 0,
             "FAILED_ATTEMPT": 1,
-            "attempts": 2,
+            "attempts": 3,
         },
     ]
     # Nothing consumed these (empty) topics yet: no lag anywhere.
