@@ -53,3 +53,21 @@ async def test_failures_always_reach_the_breaker_and_an_open_one_is_seen_at_once
     assert breaker.told == [False, False]
     assert breaker.state("b:80") is BreakerState.OPEN
     assert not await gate.allow("b:80")  # no stale "closed" memo survives a failure
+
+
+async def test_the_first_success_after_a_failure_always_reaches_the_breaker() -> None:
+    """A flaky target (one request in eight fails) under load: the memo is re-made by the
+    next lookup right after a failure; were the successes in between kept from the
+    breaker, it would see only failures, in a row, and open on a live target."""
+    clock = Clock()
+    breaker = CountingBreaker(clock)  # opens after 2 failures in a row
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    for _ in range(5):
+        assert await gate.allow("c:80")
+        await gate.record("c:80", ok=False)
+        assert await gate.allow("c:80")  # another request: memo fresh again
+        for _ in range(7):
+            await gate.record("c:80", ok=True)
+    assert breaker.state("c:80") is BreakerState.CLOSED
+    # One success reported per failure, not all 35.
+    assert breaker.told == [False, True] * 5
