@@ -26,6 +26,11 @@ def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer
     )
 
 
+# The group drops a member it has not heard from for this long; a dispatcher that was
+# stalled longer (services/dispatcher/stalls.py) knows its partitions have moved on.
+SESSION_TIMEOUT_MS = 10_000
+
+
 def make_consumer(
     settings: Settings,
     *topics: str,
@@ -43,7 +48,7 @@ def make_consumer(
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
         max_poll_interval_ms=max_poll_interval_ms,
-        session_timeout_ms=10_000,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=3_000,
         fetch_max_wait_ms=100,
         isolation_level="read_uncommitted",

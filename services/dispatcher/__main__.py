@@ -17,9 +17,10 @@ from services.dispatcher.delivery_stage import DeliveryStage
 from services.dispatcher.fanout import EventWriter, FanOutStage
 from services.dispatcher.publishing import Publisher
 from services.dispatcher.resources import open_resources
-from services.dispatcher.stalls import LoopStalls
+from services.dispatcher.stalls import LoopStalls, ZombieFence
 from services.dispatcher.streaks import Deactivated, StreakPolicy
 from shared.breaker import BreakerConfig, CircuitBreaker
+from shared.kafka import SESSION_TIMEOUT_MS
 from shared.logging import get_logger
 from shared.metrics import serve_metrics
 from shared.runner import run_worker
@@ -81,6 +82,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         tune_gc()
         publisher = Publisher(res.producer)
         stalls = LoopStalls()
+        fence = ZombieFence(stalls, SESSION_TIMEOUT_MS / 1000)
         watching = asyncio.create_task(stalls.run(), name="stall-watch")
         try:
             dispatcher = Dispatcher(
@@ -105,8 +107,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                         )
                     ),
                     stalls=stalls,
+                    fence=fence,
                 ),
                 drain_timeout=drain_timeout(settings),
+                fence=fence,
             )
             log.info(
                 "dispatching",

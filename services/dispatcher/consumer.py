@@ -33,6 +33,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from services.dispatcher.delivery_stage import DeliveryStage, Progress
 from services.dispatcher.fanout import FanOutStage
+from services.dispatcher.stalls import ZombieFence
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.offsets import PartitionOffsets
@@ -108,8 +109,10 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         delivery: DeliveryStage,
         *,
         drain_timeout: float,
+        fence: ZombieFence | None = None,
     ) -> None:
         self._consumer = consumer
+        self._fence = fence
         self._topics = topics
         self._fanout = fanout
         self._delivery = delivery
@@ -308,6 +311,8 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         )
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._fence is not None:
+            self._fence.renewed()
         # Partition state is created when its first record arrives (always at the
         # committed position), so there is nothing else to set up here.
         names = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)

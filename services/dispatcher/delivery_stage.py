@@ -12,6 +12,7 @@ attempt end as FAILURE with a dead letter.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -38,7 +39,7 @@ from services.dispatcher.delivery import (
 from services.dispatcher.limits import TargetLimits
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.sender import post
-from services.dispatcher.stalls import LoopStalls
+from services.dispatcher.stalls import LoopStalls, ZombieFence
 from services.dispatcher.streaks import Streak
 from shared.breaker import target_of
 from shared.logging import get_logger
@@ -69,6 +70,8 @@ LANE_PATIENCE = 5.0
 # A timed-out attempt whose request had less than this share of the timeout in running
 # time was cut short by a stall of this process (stalls.py), not by the target.
 _FAIR_SHARE = 0.9
+# How often a job held back by the zombie fence looks again.
+_FENCE_POLL = 0.1
 # One breaker cool-down (shared/breaker.py BreakerConfig: 30 s): an overdue job's target
 # has had its half-open probe before deferrals start costing attempts.
 DEFERRAL_GRACE = timedelta(seconds=30)
@@ -106,6 +109,7 @@ class DeliveryStage:
     redis: Redis
     breaker: BreakerGate | None = None
     stalls: LoopStalls | None = None
+    fence: ZombieFence | None = None
     limits: TargetLimits = dataclasses.field(init=False)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
     _can_defer: bool = dataclasses.field(init=False, default=True)
@@ -222,6 +226,11 @@ class DeliveryStage:
         slot's worth of later ones (every finished job behind an unfinished one is
         replayed after a crash).
         """
+        if self.fence is not None:
+            # Cancellable here (nothing sent). Polled: the fence also lifts by time alone,
+            # and only a process that just woke from a long stall ever waits in it.
+            while self.fence.fenced():  # noqa: ASYNC110
+                await asyncio.sleep(_FENCE_POLL)
         limits = self.limits
         if not await limits.acquire(target.key):
             return f"target {target.key} stalled ({LANE_PATIENCE:g}s, no answer): not attempted"

@@ -15,6 +15,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from shared.logging import get_logger
+
+log = get_logger("dispatcher.stalls")
+
 # Longer than any GC pause or busy batch seen on the hot path (tens of ms), far shorter
 # than a delivery timeout (10 s by default).
 STALL_THRESHOLD = 1.0
@@ -56,7 +60,56 @@ class LoopStalls:
             gaps.append((self._last, end))
         return sum(max(0.0, min(b, end) - max(a, start)) for a, b in gaps)
 
+    def last_gap_over(self, seconds: float) -> tuple[float, float] | None:
+        """The latest stall longer than ``seconds`` as (start, end), the one under way
+        (not yet ticked) included; None if there was none."""
+        now = self._clock()
+        if now - self._last > seconds:
+            return self._last, now
+        for start, end in reversed(self._gaps):
+            if end - start > seconds:
+                return start, end
+        return None
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._tick)
             self.ticked()
+
+
+class ZombieFence:
+    """No new requests from a process that may have been evicted from its group.
+
+    A dispatcher stalled past the consumer's session timeout has had its partitions given
+    to another member, which replays every job not yet committed. Until this process
+    has been assigned partitions again (or ``hold`` seconds passed with no rebalance, so
+    it was not evicted after all), jobs wait before their request instead of sending
+    it: they are still cancellable, so the revocation that follows drops them for free
+    instead of delivering them a second time.
+    """
+
+    def __init__(self, stalls: LoopStalls, session_timeout: float, hold: float = 30.0) -> None:
+        self._stalls = stalls
+        self._session_timeout = session_timeout
+        self._hold = hold
+        self._renewed_at = float("-inf")
+        self._announced: tuple[float, float] | None = None
+
+    def renewed(self) -> None:
+        """Partitions assigned: whatever this process holds now is its own."""
+        self._renewed_at = self._stalls.now()
+
+    def fenced(self) -> bool:
+        gap = self._stalls.last_gap_over(self._session_timeout)
+        if gap is None:
+            return False
+        started, ended = gap
+        fenced = ended > self._renewed_at and self._stalls.now() - ended < self._hold
+        if fenced and (self._announced is None or self._announced[0] != started):
+            self._announced = gap
+            log.warning(
+                "stalled past the session timeout: no new requests until partitions are "
+                "assigned again",
+                stalled_s=round(ended - started, 1),
+            )
+        return fenced

@@ -103,6 +103,19 @@ async def test_dispatcher_frozen_past_its_session_timeout_is_a_zombie_that_recov
         )
         await run.tail(resumed)
         await run.finish()
+    # Every target answers in milliseconds: a timeout here can only be the freeze's, and
+    # it must not be recorded against the target (services/dispatcher/stalls.py).
+    (timeouts,) = await query(
+        namespace,
+        "SELECT count(*) FILTER (WHERE error_details LIKE '%cut short%') AS cut, "
+        "count(*) FILTER (WHERE error_details NOT LIKE '%cut short%') AS blamed "
+        "FROM delivery_attempts WHERE error_details LIKE 'timeout after%'",
+    )
+    print(
+        f"  {timeouts['cut']} attempts cut short by the freeze were sent again; "
+        f"{timeouts['blamed']} timeouts blamed on a target"
+    )
+    assert timeouts["blamed"] == 0
 
 
 async def _retried_successes_since(namespace: PrivateNamespace, since: datetime) -> int:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.dispatcher.stalls import LoopStalls
+from services.dispatcher.stalls import LoopStalls, ZombieFence
 
 
 class Clock:
@@ -69,3 +69,32 @@ async def test_the_ticking_task_sees_a_blocked_loop() -> None:
     await asyncio.sleep(0.05)
     task.cancel()
     assert stalls.stalled_within(start, stalls.now()) >= 0.4
+
+
+def test_the_fence_holds_after_a_stall_past_the_session_timeout_until_reassigned() -> None:
+    clock = Clock()
+    stalls = LoopStalls(clock=clock)
+    fence = ZombieFence(stalls, session_timeout=10, hold=30)
+    ticking(clock, stalls, 105)
+    assert not fence.fenced()
+    clock.t = 120.0  # stopped 15 s: the group has moved on
+    assert fence.fenced()  # even before the ticking task has seen the stall
+    stalls.ticked()
+    ticking(clock, stalls, 122)
+    assert fence.fenced()
+    fence.renewed()  # partitions assigned again
+    assert not fence.fenced()
+
+
+def test_the_fence_ignores_short_stalls_and_lifts_without_a_rebalance() -> None:
+    clock = Clock()
+    stalls = LoopStalls(clock=clock)
+    fence = ZombieFence(stalls, session_timeout=10, hold=30)
+    clock.t = 105.0  # 5 s: still a member
+    stalls.ticked()
+    assert not fence.fenced()
+    clock.t = 120.0  # 15 s
+    stalls.ticked()
+    assert fence.fenced()
+    ticking(clock, stalls, 151)  # no rebalance came: it was not evicted after all
+    assert not fence.fenced()
