@@ -88,7 +88,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             dispatcher = Dispatcher(
                 res.consumer,
                 res.topics,
-                FanOutStage(res.topics, res.cache, publisher, events, attempts),
+                FanOutStage(res.topics, res.cache, publisher, events, attempts, fence),
                 DeliveryStage(
                     settings=settings,
                     topics=res.topics,

@@ -97,7 +97,7 @@ class Work:
     part: Partition
     offsets: list[int]  # one delivery, or a chunk of events fanned out together
     size: int
-    progress: Progress | None  # deliveries only: cancellable until the request starts
+    progress: Progress | None  # cancellable until the request (or the publish) starts
 
 
 class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -196,8 +196,9 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
             offsets.append(record.offset)
         if events:
             size = sum(len(e.body) for e in events)
+            progress = Progress()
             run = self._fanout.run
-            self._spawn(lambda: run(events), Work(part, offsets, size, None))
+            self._spawn(lambda: run(events, progress), Work(part, offsets, size, progress))
 
     def _poison(self, part: Partition, offset: int, exc: Exception) -> None:
         log.error(

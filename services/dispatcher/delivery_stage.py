@@ -12,7 +12,6 @@ attempt end as FAILURE with a dead letter.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import uuid
@@ -70,8 +69,6 @@ LANE_PATIENCE = 5.0
 # A timed-out attempt whose request had less than this share of the timeout in running
 # time was cut short by a stall of this process (stalls.py), not by the target.
 _FAIR_SHARE = 0.9
-# How often a job held back by the zombie fence looks again.
-_FENCE_POLL = 0.1
 # One breaker cool-down (shared/breaker.py BreakerConfig: 30 s): an overdue job's target
 # has had its half-open probe before deferrals start costing attempts.
 DEFERRAL_GRACE = timedelta(seconds=30)
@@ -227,10 +224,7 @@ class DeliveryStage:
         replayed after a crash).
         """
         if self.fence is not None:
-            # Cancellable here (nothing sent). Polled: the fence also lifts by time alone,
-            # and only a process that just woke from a long stall ever waits in it.
-            while self.fence.fenced():  # noqa: ASYNC110
-                await asyncio.sleep(_FENCE_POLL)
+            await self.fence.wait()  # still cancellable: nothing has been sent
         limits = self.limits
         if not await limits.acquire(target.key):
             return f"target {target.key} stalled ({LANE_PATIENCE:g}s, no answer): not attempted"

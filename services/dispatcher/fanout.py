@@ -27,7 +27,9 @@ import asyncpg
 
 from services.dispatcher.attempts import AttemptWriter, attempt_row, is_transient_db_error
 from services.dispatcher.batching import GroupCommit
+from services.dispatcher.delivery_stage import Progress
 from services.dispatcher.publishing import OutRecord, Publisher
+from services.dispatcher.stalls import ZombieFence
 from shared.logging import get_logger
 from shared.metrics import DELIVERIES
 from shared.models import AttemptStatus
@@ -103,9 +105,14 @@ class FanOutStage:
     publisher: Publisher
     events: EventWriter
     attempts: AttemptWriter
+    fence: ZombieFence | None = None
 
-    async def run(self, events: Sequence[EventRecord]) -> None:
+    async def run(self, events: Sequence[EventRecord], progress: Progress | None = None) -> None:
         """Fan out a chunk of events (one partition's, in offset order)."""
+        if self.fence is not None:
+            await self.fence.wait()  # still cancellable: nothing written or published
+        if progress is not None:
+            progress.sending = True
         durable: list[asyncio.Future[None]] = []
         records: list[OutRecord] = []
         deliveries = self.topics.deliveries

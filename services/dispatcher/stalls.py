@@ -23,6 +23,8 @@ log = get_logger("dispatcher.stalls")
 # than a delivery timeout (10 s by default).
 STALL_THRESHOLD = 1.0
 TICK = 0.1
+# How often a job held back by the zombie fence looks again.
+FENCE_POLL = 0.1
 
 
 class LoopStalls:
@@ -98,6 +100,13 @@ class ZombieFence:
     def renewed(self) -> None:
         """Partitions assigned: whatever this process holds now is its own."""
         self._renewed_at = self._stalls.now()
+
+    async def wait(self) -> None:
+        """Return once this process may send again (at once, almost always)."""
+        # Polled: the fence also lifts by time alone, and only a process that just woke
+        # from a long stall ever waits here.
+        while self.fenced():  # noqa: ASYNC110
+            await asyncio.sleep(FENCE_POLL)
 
     def fenced(self) -> bool:
         gap = self._stalls.last_gap_over(self._session_timeout)
