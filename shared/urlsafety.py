@@ -42,9 +42,6 @@ class UnsafeTargetError(Exception):
 _V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
 
-# (network, reason), checked in order. Sources: IANA IPv4/IPv6 Special-Purpose Address
-# Registries (RFC 6890 and updates). ``is_global`` below is the backstop for anything
-# newer that the stdlib knows and this table does not.
 # Globally reachable assignments inside the blocked ranges below (IANA marks them
 # "Globally Reachable: True"): anycast services and relays, never an internal host.
 # Checked first, so the answer does not depend on the Python version's ``is_global``
@@ -61,6 +58,9 @@ _GLOBAL_EXCEPTIONS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = 
     _V6("2001:30::/28"),  # drone remote ID (DETs)
 )
 
+# (network, reason), checked in order. Sources: IANA IPv4/IPv6 Special-Purpose Address
+# Registries (RFC 6890 and updates). ``is_global`` below is the backstop for anything
+# newer that the stdlib knows and this table does not.
 _BLOCKED_V4: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
     (_V4("0.0.0.0/8"), "unspecified ('this network') address"),
     (_V4("10.0.0.0/8"), "private address"),
@@ -121,11 +121,12 @@ def _embedded_v4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str]
 
 def classify_address(ip: IPAddress) -> str | None:
     """Why ``ip`` must not be a webhook target, or None when it is public unicast."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
+    # A network of the other IP version never contains an address: one list serves both.
+    if any(ip in net for net in _GLOBAL_EXCEPTIONS):
+        return None
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id:
-            ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
-        if any(ip in net for net in _GLOBAL_EXCEPTIONS):
-            return None
         embedded = _embedded_v4(ip)
         if embedded is not None:
             v4, how = embedded
@@ -135,8 +136,6 @@ def classify_address(ip: IPAddress) -> str | None:
             if ip in net6:
                 return f"{why} {ip}"
     else:
-        if any(ip in net for net in _GLOBAL_EXCEPTIONS):
-            return None
         for net4, why in _BLOCKED_V4:
             if ip in net4:
                 return f"{why} {ip}"
