@@ -51,24 +51,22 @@ class LoopStalls:
             self._gaps.append((self._last, now))
         self._last = now
 
-    def stalled_within(self, start: float, end: float) -> float:
-        """Seconds of ``[start, end]`` (this object's clock) the loop did not run.
-
-        Includes a stall the ticking task has not seen yet: after a SIGCONT the
-        requests' timeouts may fire before its own sleep returns.
-        """
+    def _gaps_until(self, end: float) -> list[tuple[float, float]]:
+        """The stalls seen, oldest first, plus one under way until ``end`` that the
+        ticking task has not seen yet: after a SIGCONT the requests' timeouts may fire
+        before its own sleep returns."""
         gaps = list(self._gaps)
         if end - self._last > self._threshold:
             gaps.append((self._last, end))
-        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in gaps)
+        return gaps
+
+    def stalled_within(self, start: float, end: float) -> float:
+        """Seconds of ``[start, end]`` (this object's clock) the loop did not run."""
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self._gaps_until(end))
 
     def last_gap_over(self, seconds: float) -> tuple[float, float] | None:
-        """The latest stall longer than ``seconds`` as (start, end), the one under way
-        (not yet ticked) included; None if there was none."""
-        now = self._clock()
-        if now - self._last > seconds:
-            return self._last, now
-        for start, end in reversed(self._gaps):
+        """The latest stall longer than ``seconds`` as (start, end); None if none."""
+        for start, end in reversed(self._gaps_until(self._clock())):
             if end - start > seconds:
                 return start, end
         return None
