@@ -15,6 +15,10 @@ CACHE_SECONDS = 5.0
 STALE_SECONDS = 600.0
 
 
+def _key(window: timedelta, top: int) -> tuple[int, int]:
+    return int(window.total_seconds()), top
+
+
 class StatsCache:
     """Each (window, top) answer, fresh for ``ttl`` seconds, then served stale while one
     background task recomputes it (for up to ``stale`` seconds; older answers are
@@ -40,7 +44,7 @@ class StatsCache:
     ) -> bool:
         """Compute an answer ahead of its first request, waiting up to ``wait`` seconds;
         past that it finishes in the background. True when the answer is ready."""
-        key = (int(window.total_seconds()), top)
+        key = _key(window, top)
         if key in self._entries:
             return True
         task = self._pending.get(key) or self._start(key, compute)
@@ -53,7 +57,7 @@ class StatsCache:
         top: int,
         compute: Callable[[], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
-        key = (int(window.total_seconds()), top)
+        key = _key(window, top)
         entry = self._entries.get(key)
         age = time.monotonic() - entry[0] if entry is not None else float("inf")
         if entry is not None and age <= self._ttl:
