@@ -1,5 +1,10 @@
-"""Fixtures shared by integration modules; a module that needs another order (e.g. its
-dispatcher started first) defines its own ``world``, which takes precedence."""
+"""Fixtures shared by integration modules.
+
+A module that runs a dispatcher process defines a module-scoped ``dispatcher`` fixture
+(its own settings) and uses it for every test (``pytest.mark.usefixtures``): being
+module-scoped, it starts before ``world``, which then checks after each test that the
+process is still running.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,25 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.dispatch import DispatchWorld
+from tests.support.procs import ServiceProcess
 from tests.support.stack import IsolatedStack
+from tests.support.targets import TargetServer
 
 
 @pytest.fixture
-async def world(module_stack: IsolatedStack) -> AsyncIterator[DispatchWorld]:
+async def world(
+    module_stack: IsolatedStack, request: pytest.FixtureRequest
+) -> AsyncIterator[DispatchWorld]:
     """Subscriptions, topics and attempt rows on the module's own database and prefix."""
     async with DispatchWorld(module_stack.settings()) as w:
         yield w
+    if "dispatcher" in request.fixturenames:
+        dispatcher: ServiceProcess = request.getfixturevalue("dispatcher")
+        assert dispatcher.alive(), dispatcher.log()[-3000:]
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[TargetServer]:
+    """A recording HTTP target on 127.0.0.1."""
+    async with TargetServer() as server:
+        yield server

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,6 +23,9 @@ from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import BlackHole, Received, TargetServer
+
+# Every test runs against the module's dispatcher process (see conftest.py).
+pytestmark = pytest.mark.usefixtures("dispatcher")
 
 # Whitespace, key order and non-ASCII that a re-serialiser would change.
 BODY = '{"z": 1,   "a": [1, 2 ,3],\n "s": "h\\u00e9llo é", "n": 1.50}'.encode()
@@ -69,21 +72,6 @@ def dispatcher(
     ) as proc:
         yield proc
     assert '"event": "drained"' in proc.log()
-
-
-@pytest.fixture
-async def world(
-    module_stack: IsolatedStack, dispatcher: ServiceProcess
-) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(module_stack.settings()) as w:
-        yield w
-    assert dispatcher.alive(), dispatcher.log()[-3000:]
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[TargetServer]:
-    async with TargetServer() as server:
-        yield server
 
 
 def kind() -> str:

@@ -8,7 +8,7 @@ error and a dead letter, and never be retried.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,6 +17,9 @@ from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import TargetServer
+
+# Every test runs against the module's dispatcher process (see conftest.py).
+pytestmark = pytest.mark.usefixtures("dispatcher")
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +33,6 @@ def dispatcher(
         HOOKSTREAM_ALLOW_PRIVATE_TARGETS="false",
     ) as proc:
         yield proc
-
-
-@pytest.fixture
-async def world(
-    module_stack: IsolatedStack, dispatcher: ServiceProcess
-) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(module_stack.settings(allow_private_targets=False)) as w:
-        yield w
 
 
 async def test_private_and_loopback_targets_are_refused_end_to_end(

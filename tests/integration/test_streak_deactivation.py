@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -21,6 +21,9 @@ from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import TargetServer
+
+# Every test runs against the module's dispatcher process (see conftest.py).
+pytestmark = pytest.mark.usefixtures("dispatcher")
 
 BODY = b'{"streak": true}'
 LAST_ATTEMPT = 4
@@ -40,21 +43,6 @@ def dispatcher(
         HOOKSTREAM_DEACTIVATE_AFTER="0s",
     ) as proc:
         yield proc
-
-
-@pytest.fixture
-async def world(
-    module_stack: IsolatedStack, dispatcher: ServiceProcess
-) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(module_stack.settings()) as w:
-        yield w
-    assert dispatcher.alive(), dispatcher.log()[-3000:]
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[TargetServer]:
-    async with TargetServer() as server:
-        yield server
 
 
 async def deliver(world: DispatchWorld, sub: uuid.UUID, status: str) -> None:
