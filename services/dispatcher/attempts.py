@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.dispatcher import streaks
-from services.dispatcher.batching import GroupCommit
+from services.dispatcher.batching import RowWriter
 from services.dispatcher.streaks import Deactivated, Streak, StreakPolicy
 from shared.logging import get_logger
 from shared.models import ATTEMPT_COLUMNS, AttemptStatus
@@ -77,22 +77,7 @@ def attempt_row(
     )
 
 
-def is_transient_db_error(exc: BaseException) -> bool:
-    """Worth retrying the same rows: the database, not the data, is the problem."""
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.TooManyConnectionsError
-        | asyncpg.AdminShutdownError
-        | asyncpg.CrashShutdownError,
-    )
-
-
-class AttemptWriter:
+class AttemptWriter(RowWriter[tuple[AttemptRow, Streak | None]]):
     """``write(row)`` resolves once the row is committed (COPY, a batch at a time).
 
     A row written with a ``streak`` mark also counts towards its subscription's failure
@@ -110,22 +95,10 @@ class AttemptWriter:
         streak_policy: StreakPolicy | None = None,
         on_deactivated: Callable[[list[Deactivated]], Awaitable[None]] | None = None,
     ):
+        super().__init__("attempts", self._copy, window=window, max_items=max_rows)
         self._pool = pool
         self._policy = streak_policy
         self._on_deactivated = on_deactivated
-        self._batch: GroupCommit[tuple[AttemptRow, Streak | None]] = GroupCommit(
-            "attempts",
-            self._copy,
-            is_transient=is_transient_db_error,
-            window=window,
-            max_items=max_rows,
-        )
-
-    def start(self) -> None:
-        self._batch.start()
-
-    async def close(self, grace: float) -> None:
-        await self._batch.close(grace)
 
     def write(self, row: AttemptRow, streak: Streak | None = None) -> asyncio.Future[None]:
         return self._batch.add((row, streak))

@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+import asyncpg
+
 from shared.logging import get_logger
 
 T = TypeVar("T")
@@ -140,3 +142,41 @@ class GroupCommit(Generic[T]):
         half = len(items) // 2
         for part in (items[:half], items[half:]):
             await self._flush_until_done(part)
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Worth retrying the same rows: the database, not the data, is the problem."""
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.TooManyConnectionsError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError,
+    )
+
+
+class RowWriter(Generic[T]):
+    """Rows to PostgreSQL through one group commit, retried while the database is away.
+    Subclasses give the flush and a typed ``write``."""
+
+    def __init__(
+        self,
+        name: str,
+        flush: Callable[[list[T]], Awaitable[None]],
+        *,
+        window: float,
+        max_items: int,
+    ) -> None:
+        self._batch: GroupCommit[T] = GroupCommit(
+            name, flush, is_transient=is_transient_db_error, window=window, max_items=max_items
+        )
+
+    def start(self) -> None:
+        self._batch.start()
+
+    async def close(self, grace: float) -> None:
+        await self._batch.close(grace)

@@ -25,8 +25,8 @@ from typing import Any
 
 import asyncpg
 
-from services.dispatcher.attempts import AttemptWriter, attempt_row, is_transient_db_error
-from services.dispatcher.batching import GroupCommit
+from services.dispatcher.attempts import AttemptWriter, attempt_row
+from services.dispatcher.batching import RowWriter
 from services.dispatcher.delivery_stage import Progress
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.stalls import ZombieFence
@@ -50,24 +50,12 @@ ON CONFLICT (id, received_at) DO NOTHING
 """
 
 
-class EventWriter:
+class EventWriter(RowWriter[EventRow]):
     """Event rows in batches: one multi-row INSERT per group-commit window."""
 
     def __init__(self, pool: asyncpg.Pool, *, window: float = 0.02, max_rows: int = 1000):
+        super().__init__("events", self._insert, window=window, max_items=max_rows)
         self._pool = pool
-        self._batch: GroupCommit[EventRow] = GroupCommit(
-            "events",
-            self._insert,
-            is_transient=is_transient_db_error,
-            window=window,
-            max_items=max_rows,
-        )
-
-    def start(self) -> None:
-        self._batch.start()
-
-    async def close(self, grace: float) -> None:
-        await self._batch.close(grace)
 
     def write(self, event: EventRecord) -> asyncio.Future[None]:
         return self._batch.add(
