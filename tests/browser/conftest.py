@@ -51,29 +51,20 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def ui_stack() -> Iterator[IsolatedStack]:
-    """Its own database and topics: the dispatcher sees only this module's events."""
-    stack = IsolatedStack()
-    stack.up()
-    yield stack
-    stack.down()
-
-
-@pytest.fixture(scope="module")
 def ingest(
-    ui_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
+    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[IngestServer]:
-    with running_ingest(ui_stack, tmp_path_factory.mktemp("ui-ingest")) as server:
+    with running_ingest(module_stack, tmp_path_factory.mktemp("ui-ingest")) as server:
         yield server
     assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
 @pytest.fixture(scope="module")
 def dispatcher(
-    ui_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
+    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     proc = ServiceProcess(
-        ui_stack,
+        module_stack,
         "dispatcher",
         log_dir=tmp_path_factory.mktemp("ui-dispatcher"),
         HOOKSTREAM_SUBSCRIPTION_CACHE_TTL="1",

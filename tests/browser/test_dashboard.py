@@ -174,13 +174,13 @@ async def test_attacker_controlled_text_is_shown_as_text(
 
 
 async def dead_letter(
-    ui_stack: IsolatedStack, sub_id: str, target_url: str, body: bytes
+    module_stack: IsolatedStack, sub_id: str, target_url: str, body: bytes
 ) -> uuid.UUID:
     """An event and a delivery that ended FAILURE, as the dispatcher would have left them."""
     event_id = uuid.uuid4()
     delivery_id = delivery_id_for(event_id, uuid.UUID(sub_id))
     start = datetime.now(UTC) - timedelta(minutes=5)
-    engine = make_engine(ui_stack.settings(), pool_size=1)
+    engine = make_engine(module_stack.settings(), pool_size=1)
     try:
         async with make_sessionmaker(engine).begin() as session:
             await session.execute(
@@ -222,7 +222,7 @@ async def dead_letter(
 async def test_dead_letters_replay(
     page: Page,
     ingest: IngestServer,
-    ui_stack: IsolatedStack,
+    module_stack: IsolatedStack,
     dispatcher: ServiceProcess,
     target: TargetServer,
 ) -> None:
@@ -230,7 +230,7 @@ async def test_dead_letters_replay(
     async with httpx.AsyncClient(base_url=ingest.url, timeout=15, headers=ingest.auth) as api:
         sub_id = (await api.post("/subscriptions/", json={"target_url": url})).json()["id"]
     body = b'{"order": 7}'
-    delivery_id = await dead_letter(ui_stack, sub_id, url, body)
+    delivery_id = await dead_letter(module_stack, sub_id, url, body)
 
     await browser_login(page, ingest.api_key)
     await page.goto(f"/ui/dlq?subscription_id={sub_id}")

@@ -184,34 +184,21 @@ async def test_other_spellings_of_loopback_are_refused_for_good(
 
 
 @pytest.fixture(scope="module")
-def ostack() -> Iterator[IsolatedStack]:
-    stack = IsolatedStack()
-    stack.up()
-    yield stack
-    stack.down()
-
-
-@pytest.fixture(scope="module")
 def processes(
-    ostack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
+    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SimpleNamespace]:
     log_dir: Path = tmp_path_factory.mktemp("outbound")
     dispatcher = ServiceProcess(
-        ostack, "dispatcher", log_dir=log_dir, HOOKSTREAM_SUBSCRIPTION_CACHE_TTL="1"
+        module_stack, "dispatcher", log_dir=log_dir, HOOKSTREAM_SUBSCRIPTION_CACHE_TTL="1"
     )
     try:
-        with running_ingest(ostack, log_dir) as ingest:
+        with running_ingest(module_stack, log_dir) as ingest:
             yield SimpleNamespace(dispatcher=dispatcher, ingest=ingest)
     finally:
         assert dispatcher.stop() == 0, dispatcher.log()[-3000:]
 
 
-@pytest.fixture
-async def world(ostack: IsolatedStack, processes: SimpleNamespace) -> AsyncIterator[DispatchWorld]:
-    async with DispatchWorld(ostack.settings()) as w:
-        yield w
-
-
+@pytest.mark.usefixtures("processes")  # the dispatcher that makes the attempt
 async def test_a_redirect_to_cloud_metadata_is_a_failed_attempt_and_goes_nowhere(
     world: DispatchWorld,
 ) -> None:
