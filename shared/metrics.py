@@ -50,6 +50,10 @@ RETRY_PAUSED_PARTITIONS = Gauge(
     "hookstream_retry_paused_partitions",
     "Tier partitions paused until their head record is due (or a failed publish backs off).",
 )
+SUBSCRIPTIONS_LOADED = Gauge(
+    "hookstream_subscription_cache_loaded_timestamp_seconds",
+    "When this process's subscription cache last read the table (Unix time the read began).",
+)
 POISON_RECORDS = Counter(
     "hookstream_poison_records_total",
     "Records skipped because their headers could not be decoded, by topic.",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.logging import get_logger
+from shared.metrics import SUBSCRIPTIONS_LOADED
 from shared.models import Subscription
 
 log = get_logger("subscriptions")
@@ -138,11 +140,15 @@ class SubscriptionCache:
     # --- refresh --------------------------------------------------------------------
 
     async def reload(self) -> None:
+        # Every change committed before this moment is in the snapshot: the gauge lets
+        # an operator (or a test) see how stale a process's view can be.
+        began = time.time()
         async with self._sessions() as session:
             subs: Iterable[Subscription] = (await session.execute(select(Subscription))).scalars()
             snapshot = {s.id: SubscriptionView.of(s) for s in subs}
         self._by_id = snapshot
         self._misses = set()
+        SUBSCRIPTIONS_LOADED.set(began)
 
     def invalidate(self) -> None:
         """Reload soon (used by the process that made the change, and by the listener)."""

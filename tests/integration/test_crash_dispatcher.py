@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.records import DeliveryJob, EventRecord, delivery_id_for
 from tests.support.dispatch import DispatchWorld
+from tests.support.metrics import sample, wait_cache_loaded
 from tests.support.procs import ServiceProcess, free_port
 from tests.support.stack import IsolatedStack
 from tests.support.targets import SinkProcess, TargetServer
@@ -40,7 +41,9 @@ def start_dispatcher(
     return ServiceProcess(stack, "dispatcher", log_dir=log_dir, **env)
 
 
-async def load(world: DispatchWorld, sink: SinkProcess) -> set[uuid.UUID]:
+async def load(
+    world: DispatchWorld, sink: SinkProcess, metrics_ports: Sequence[int]
+) -> set[uuid.UUID]:
     """Subscriptions and events as ingest would leave them; returns every delivery id
     that must reach the sink."""
     event_type = f"crash.{uuid.uuid4().hex[:8]}"
@@ -48,7 +51,10 @@ async def load(world: DispatchWorld, sink: SinkProcess) -> set[uuid.UUID]:
         await world.add_subscription(sink.url(f"/s/{i}"), secret=f"secret-{i}", event_types=[])
         for i in range(SUBSCRIPTIONS)
     ]
-    await asyncio.sleep(1.5)  # the dispatcher's cache reload (fan-out matches all of them)
+    # Fan-out matches against each dispatcher's snapshot: wait until it holds them all.
+    changed = time.time()
+    for port in metrics_ports:
+        await wait_cache_loaded(port, changed)
     events: list[EventRecord] = [
         world.event(event_type, b'{"n": %d}' % n, subscription_id=subs[n % len(subs)])
         for n in range(TARGETED)
@@ -105,9 +111,7 @@ async def assert_complete(
 
 def success_count(metrics_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    match = re.search(r'^hookstream_deliveries_total\{outcome="SUCCESS"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+        return sample(r.read().decode(), "hookstream_deliveries_total", outcome="SUCCESS")
 
 
 def assigned(proc: ServiceProcess) -> list[TopicPartition]:
@@ -137,8 +141,9 @@ async def test_sigkill_mid_stream_then_restart_delivers_everything(
     module_stack: IsolatedStack, world: DispatchWorld, tmp_path: Path
 ) -> None:
     with SinkProcess(delay_ms=10) as sink:
-        first = start_dispatcher(module_stack, tmp_path)
-        expected = await load(world, sink)
+        port = free_port()
+        first = start_dispatcher(module_stack, tmp_path, port)
+        expected = await load(world, sink, [port])
         try:
             at_kill = await wait_for_sink(sink, len(expected) // 3, timeout=30)
             first.signal(signal.SIGKILL)
@@ -170,7 +175,7 @@ async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_di
             async with asyncio.timeout(30):
                 while [assigned_partitions(p) for p in procs] != [2, 2]:
                     await asyncio.sleep(0.2)
-            expected = await load(world, sink)
+            expected = await load(world, sink, ports)
             async with asyncio.timeout(30):
                 while min(success_count(p) for p in ports) == 0 or (
                     sink.stats()["unique"] < len(expected) // 3

@@ -20,7 +20,8 @@ from aiokafka import TopicPartition
 
 from shared.records import DeliveryJob, delivery_id_for
 from tests.support.dispatch import DispatchWorld
-from tests.support.procs import ServiceProcess, running_service
+from tests.support.metrics import wait_cache_loaded
+from tests.support.procs import ServiceProcess, free_port, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import BlackHole, Received, TargetServer
 
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("dispatcher")
 BODY = '{"z": 1,   "a": [1, 2 ,3],\n "s": "h\\u00e9llo é", "n": 1.50}'.encode()
 DELIVERY_TIMEOUT = 2.5
 CACHE_TTL = 1.0
+DISPATCHER_METRICS_PORT = free_port()
 
 
 # --- an independent implementation of both signature schemes ------------------------
@@ -69,6 +71,7 @@ def dispatcher(
         tmp_path_factory.mktemp("dispatcher"),
         HOOKSTREAM_DELIVERY_TIMEOUT=str(DELIVERY_TIMEOUT),
         HOOKSTREAM_SUBSCRIPTION_CACHE_TTL=str(CACHE_TTL),
+        HOOKSTREAM_METRICS_PORT=str(DISPATCHER_METRICS_PORT),
     ) as proc:
         yield proc
     assert '"event": "drained"' in proc.log()
@@ -164,8 +167,8 @@ async def test_fanout_reaches_each_matching_active_subscription_once(
         target.url("/fan/inactive"), event_types=[event_type], active=False
     )
     # Fan-out matches against the dispatcher's subscription snapshot, reloaded on the
-    # change message and at least every CACHE_TTL: let it catch up.
-    await asyncio.sleep(CACHE_TTL + 0.5)
+    # change message and at least every CACHE_TTL: wait until it holds these.
+    await wait_cache_loaded(DISPATCHER_METRICS_PORT, time.time())
     event = world.event(event_type, BODY)
     await world.produce_event(event)
 

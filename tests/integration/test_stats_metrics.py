@@ -5,9 +5,6 @@ The module has its own database and topics, so the window holds exactly the rows
 
 from __future__ import annotations
 
-import asyncio
-import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +21,7 @@ from shared.models import DeliveryAttempt, Subscription
 from shared.signing import hub_signature
 from shared.topics import Topics
 from tests.support.broker import IngestServer, running_ingest
+from tests.support.metrics import sample, wait_metric
 from tests.support.procs import ServiceProcess, free_port
 from tests.support.stack import IsolatedStack
 from tests.support.targets import TargetServer
@@ -159,35 +157,6 @@ async def test_queue_depth_counts_unconsumed_records(
     assert r.json()["queue_depth"][topics.deliveries] == 3
 
 
-def _sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus text format (0 when absent)."""
-    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = (
-        re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" (\S+)"
-    )
-    match = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-async def _wait_metric(
-    url: str, name: str, minimum: float, timeout: float = 30, **labels: str
-) -> str:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=5) as c:
-        text = ""
-        while True:
-            try:
-                text = (await c.get(url)).text
-            except httpx.TransportError:  # the worker is still starting
-                pass
-            else:
-                if _sample(text, name, **labels) >= minimum:
-                    return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name}{labels} never reached {minimum}:\n{text[-3000:]}")
-            await asyncio.sleep(0.2)
-
-
 async def test_metrics_move_when_webhooks_are_ingested_and_delivered(
     ingest: IngestServer, module_stack: IsolatedStack, sengine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -203,10 +172,10 @@ async def test_metrics_move_when_webhooks_are_ingested_and_delivered(
                     Subscription(id=sub_id, target_url=target.url(), secret_key="k", event_types=[])
                 )
             worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-            before = await _wait_metric(worker_metrics, "hookstream_in_flight_deliveries", 0)
-            delivered_before = _sample(before, "hookstream_deliveries_total", outcome="SUCCESS")
+            before = await wait_metric(worker_metrics, "hookstream_in_flight_deliveries", 0)
+            delivered_before = sample(before, "hookstream_deliveries_total", outcome="SUCCESS")
             async with httpx.AsyncClient(base_url=ingest.url, timeout=10) as c:
-                ingest_before = _sample(
+                ingest_before = sample(
                     (await c.get("/metrics")).text,
                     "hookstream_ingested_total",
                     outcome="accepted",
@@ -223,19 +192,19 @@ async def test_metrics_move_when_webhooks_are_ingested_and_delivered(
                         },
                     )
                     assert r.status_code == 202, r.text
-                ingest_after = _sample(
+                ingest_after = sample(
                     (await c.get("/metrics")).text,
                     "hookstream_ingested_total",
                     outcome="accepted",
                     route="ingest",
                 )
             assert ingest_after == ingest_before + 3
-            after = await _wait_metric(
+            after = await wait_metric(
                 worker_metrics,
                 "hookstream_deliveries_total",
                 delivered_before + 3,
                 outcome="SUCCESS",
             )
-            assert _sample(after, "hookstream_attempt_duration_seconds_count") >= 3
+            assert sample(after, "hookstream_attempt_duration_seconds_count") >= 3
     finally:
         dispatcher.stop()
