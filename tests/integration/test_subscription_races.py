@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.ingest.errors import NotFound
@@ -52,12 +53,17 @@ async def _patch(
         )
 
 
-async def _started(task: asyncio.Task[None]) -> None:
-    """Let the task run until it blocks on the row lock (or finishes)."""
-    for _ in range(20):
-        await asyncio.sleep(0.05)
-        if task.done():
-            return
+_WAITING_ON_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
+
+async def _started(sessions: async_sessionmaker[AsyncSession], task: asyncio.Task[None]) -> None:
+    """Until the task is blocked on the row lock (seen by PostgreSQL), or has finished."""
+    async with asyncio.timeout(10), sessions() as probe:
+        while not task.done() and not await probe.scalar(_WAITING_ON_A_LOCK):
+            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("body", [{}, {"is_active": False}, {"event_types": ["a"]}])
@@ -68,7 +74,7 @@ async def test_patch_racing_a_delete_is_404(
     async with sessions.begin() as deleting:
         await delete_subscription(deleting, sub_id)
         patching = asyncio.create_task(_patch(sessions, sub_id, body))
-        await _started(patching)
+        await _started(sessions, patching)
     with pytest.raises(NotFound):
         await patching
 
@@ -83,7 +89,7 @@ async def test_delete_racing_a_delete_is_404(sessions: async_sessionmaker[AsyncS
                 await delete_subscription(session, sub_id)
 
         racing = asyncio.create_task(second())
-        await _started(racing)
+        await _started(sessions, racing)
     with pytest.raises(NotFound):
         await racing
 
@@ -97,7 +103,7 @@ async def test_patches_racing_each_other_both_apply(
             first, sub_id, SubscriptionUpdate(event_types=["x"]), max_url_length=URL_LIMIT
         )
         racing = asyncio.create_task(_patch(sessions, sub_id, {"is_active": False}))
-        await _started(racing)
+        await _started(sessions, racing)
     await racing
     async with sessions() as session:
         sub = await get_subscription(session, sub_id)
