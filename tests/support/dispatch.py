@@ -222,8 +222,10 @@ class DispatchWorld:
         await consumer.start()
         try:
             consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
             await consumer.seek_to_beginning()
+            # After the seek: asked before it, on a topic created moments ago, the end
+            # offsets came back 0 and the read silently found nothing.
+            ends = await consumer.end_offsets(partitions)
             found: list[DeliveryJob] = []
             async with asyncio.timeout(30):
                 for tp in partitions:
