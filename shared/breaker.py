@@ -447,11 +447,6 @@ class CircuitBreaker:
         """This process's latest view (for logs, metrics and tests)."""
         return self._local(target).state
 
-    def failing(self, target: str) -> bool:
-        """Does this process's latest view hold a run of failures (which only a
-        reported success ends)?"""
-        return self._local(target).failures > 0
-
     def _local(self, target: str) -> BreakerSnapshot:
         known = self._known.get(target)
         return known.snapshot if known is not None else CLOSED

@@ -7,10 +7,10 @@ which exhausted the Redis client's 100 connections in the benchmark and sent the
 to its local-only fallback. The gate remembers for ``fresh`` seconds that a target's
 breaker said "closed", answers from that, and does not report successes meanwhile (the
 breaker skips those round trips itself when its view is fresh). A failure always reaches
-the breaker and drops the memo, so an opening breaker is seen within ``fresh``; and while
-the breaker's view holds a run of failures, successes reach it too, memo or not, because
-it counts failures *in a row*: a flaky target whose successes were kept from it would
-look dead (the fault suite's SIGSTOP scenario opened a live target's breaker that way).
+the breaker and drops the memo, so an opening breaker is seen within ``fresh``; and the
+first success after a failure always reaches it too, memo or not, because the breaker
+counts failures *in a row*: a flaky target whose successes were kept from it would look
+dead (the fault suite's SIGSTOP scenario opened a live target's breaker that way).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class BreakerGate:
         self._fresh = fresh
         self._clock = clock
         self._closed_at: dict[str, float] = {}
+        # Targets with a failure the breaker has not yet seen a success after.
+        self._failing: set[str] = set()
 
     async def allow(self, target: str) -> bool:
         now = self._clock()
@@ -58,10 +60,15 @@ class BreakerGate:
 
     async def record(self, target: str, ok: bool) -> None:
         if ok:
-            seen = self._closed_at.get(target)
-            fresh = seen is not None and self._clock() - seen < self._fresh
-            if fresh and not self._breaker.failing(target):
-                return
+            if target in self._failing:
+                self._failing.discard(target)
+            else:
+                seen = self._closed_at.get(target)
+                if seen is not None and self._clock() - seen < self._fresh:
+                    return
         else:
             self._closed_at.pop(target, None)
+            if len(self._failing) >= _MAX_TARGETS:
+                self._failing.clear()
+            self._failing.add(target)
         await self._breaker.record(target, ok)
