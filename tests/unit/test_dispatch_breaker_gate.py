@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.dispatcher.breaker_gate import BreakerGate
 from shared.breaker import BreakerConfig, BreakerState, CircuitBreaker
 
@@ -71,3 +73,31 @@ async def test_the_first_success_after_a_failure_always_reaches_the_breaker() ->
     assert breaker.state("c:80") is BreakerState.CLOSED
     # One success reported per failure, not all 35.
     assert breaker.told == [False, True] * 5
+
+
+async def test_a_success_while_a_failure_is_still_being_reported_reaches_the_breaker() -> None:
+    """The breaker's own view shows a failure only once its round trip returns; the
+    gate must not wait for that before letting the next success through."""
+    clock = Clock()
+    breaker = CountingBreaker(clock)
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    reported = asyncio.Event()
+    original = breaker.record
+
+    async def slow_failure(target: str, ok: bool) -> None:
+        if not ok:
+            breaker.told.append(ok)
+            await reported.wait()  # the round trip is still out
+            await CircuitBreaker.record(breaker, target, ok)
+        else:
+            await original(target, ok)
+
+    breaker.record = slow_failure  # type: ignore[method-assign]
+    assert await gate.allow("d:80")
+    failing = asyncio.create_task(gate.record("d:80", ok=False))
+    await asyncio.sleep(0)
+    assert await gate.allow("d:80")  # another request re-makes the memo meanwhile
+    await gate.record("d:80", ok=True)
+    reported.set()
+    await failing
+    assert breaker.told == [False, True]
