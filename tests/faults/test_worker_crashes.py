@@ -105,17 +105,24 @@ async def test_dispatcher_frozen_past_its_session_timeout_is_a_zombie_that_recov
         await run.finish()
     # Every target answers in milliseconds: a timeout here can only be the freeze's, and
     # it must not be recorded against the target (services/dispatcher/stalls.py).
-    (timeouts,) = await query(
+    # Nor may the freeze open a live target's breaker (the gate once hid successes from
+    # it): no delivery ends in FAILURE for want of a closed breaker.
+    (counts,) = await query(
         namespace,
-        "SELECT count(*) FILTER (WHERE error_details LIKE '%cut short%') AS cut, "
-        "count(*) FILTER (WHERE error_details NOT LIKE '%cut short%') AS blamed "
-        "FROM delivery_attempts WHERE error_details LIKE 'timeout after%'",
+        "SELECT count(*) FILTER (WHERE error_details LIKE 'timeout after%cut short%') AS cut, "
+        "count(*) FILTER (WHERE error_details LIKE 'timeout after%' "
+        "AND error_details NOT LIKE '%cut short%') AS blamed, "
+        "count(*) FILTER (WHERE status = 'FAILURE' AND error_details LIKE 'circuit open%') "
+        "AS broken "
+        "FROM delivery_attempts",
     )
     print(
-        f"  {timeouts['cut']} attempts cut short by the freeze were sent again; "
-        f"{timeouts['blamed']} timeouts blamed on a target"
+        f"  {counts['cut']} attempts cut short by the freeze were sent again; "
+        f"{counts['blamed']} timeouts blamed on a target; "
+        f"{counts['broken']} deliveries ended by an open breaker"
     )
-    assert timeouts["blamed"] == 0
+    assert counts["blamed"] == 0
+    assert counts["broken"] == 0
 
 
 async def _retried_successes_since(namespace: PrivateNamespace, since: datetime) -> int:
