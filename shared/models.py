@@ -5,11 +5,13 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
     Boolean,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -18,11 +20,23 @@ from sqlalchemy import (
     Uuid,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# The application with uid ``default`` holds what the seed-compatible flat routes create
+# (migration 0002). Fixed, so records and processes know it without a query.
+DEFAULT_APPLICATION_ID = uuid.uuid5(uuid.NAMESPACE_URL, "hookstream:application:default")
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class Tenanted:
+    """A table whose rows belong to one application: ``shared.tenancy`` scopes every ORM
+    statement on it to the caller's application."""
+
+    application_id: Mapped[uuid.UUID]
 
 
 class AttemptStatus(enum.StrEnum):
@@ -31,10 +45,52 @@ class AttemptStatus(enum.StrEnum):
     FAILURE = "FAILURE"
 
 
-class Subscription(Base):
+class Application(Base):
+    """A tenant: owns subscriptions, scoped API keys and, later, portal sessions.
+
+    Deleting one sets ``deleted_at``: its rows stay so the operator can read the history.
+    """
+
+    __tablename__ = "applications"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    uid: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Tenanted, Base):
+    """A key scoped to one application. Only a SHA-256 of the key is stored: keys carry
+    256 random bits, so a fast hash is enough (no password stretching needed)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("applications.id"))
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Subscription(Tenanted, Base):
     __tablename__ = "subscriptions"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    application_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid,
+        ForeignKey("applications.id"),
+        default=DEFAULT_APPLICATION_ID,
+        server_default=str(DEFAULT_APPLICATION_ID),
+    )
     target_url: Mapped[str] = mapped_column(Text)
     secret_key: Mapped[str | None] = mapped_column(Text)
     event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
@@ -49,7 +105,7 @@ class Subscription(Base):
     )
 
 
-class Event(Base):
+class Event(Tenanted, Base):
     """Range-partitioned by received_at; the janitor drops whole partitions."""
 
     __tablename__ = "events"
@@ -61,9 +117,10 @@ class Event(Base):
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     content_type: Mapped[str] = mapped_column(String(255))
     body: Mapped[bytes] = mapped_column(LargeBinary)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid)
 
 
-class DeliveryAttempt(Base):
+class DeliveryAttempt(Tenanted, Base):
     """One row per HTTP attempt (the original `webhook_logs`), range-partitioned by created_at.
 
     No foreign key to subscriptions: deleting a subscription keeps its history readable.
@@ -75,6 +132,7 @@ class DeliveryAttempt(Base):
         Index("ix_attempts_subscription", "subscription_id", "created_at"),
         Index("ix_attempts_event", "event_id"),
         Index("ix_attempts_created_status", "created_at", "status"),
+        Index("ix_attempts_application", "application_id", "created_at"),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
@@ -94,6 +152,7 @@ class DeliveryAttempt(Base):
     # Who caused the attempt series: "ingest", "manual-retry", "replay".
     trigger: Mapped[str] = mapped_column(String(32), default="ingest", server_default="ingest")
     first_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid)
 
 
 # Columns in COPY order for the attempt writer (batched inserts on the hot path).
@@ -113,4 +172,5 @@ ATTEMPT_COLUMNS = (
     "response_excerpt",
     "trigger",
     "first_received_at",
+    "application_id",
 )

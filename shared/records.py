@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Self
 
+from shared.models import DEFAULT_APPLICATION_ID
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -60,7 +62,9 @@ class EventRecord:
     """A webhook as ingested, on ``<prefix>.events``.
 
     Targeted (``POST /ingest/{id}``) records carry ``subscription_id`` and are keyed by
-    it; fan-out (``POST /events``) records have none and are keyed by event id.
+    it; fan-out (``POST /events``, ``POST /applications/{app}/events``) records have none
+    and are keyed by event id. Every record names its application; one without the
+    header was published before applications existed and belongs to the default one.
     """
 
     event_id: uuid.UUID
@@ -69,6 +73,7 @@ class EventRecord:
     content_type: str
     body: bytes
     subscription_id: uuid.UUID | None = None
+    application_id: uuid.UUID = DEFAULT_APPLICATION_ID
 
     @property
     def key(self) -> bytes:
@@ -80,6 +85,7 @@ class EventRecord:
             ("event_type", self.event_type.encode()),
             ("received_at", _ts_bytes(self.received_at)),
             ("content_type", self.content_type.encode()),
+            ("application_id", str(self.application_id).encode()),
         ]
         if self.subscription_id is not None:
             h.append(("subscription_id", str(self.subscription_id).encode()))
@@ -95,7 +101,12 @@ class EventRecord:
             content_type=_req(h, "content_type"),
             body=value or b"",
             subscription_id=_uuid(h, "subscription_id") if "subscription_id" in h else None,
+            application_id=_application(h),
         )
+
+
+def _application(h: dict[str, bytes]) -> uuid.UUID:
+    return _uuid(h, "application_id") if "application_id" in h else DEFAULT_APPLICATION_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +124,13 @@ class DeliveryJob:
     trigger: str = "ingest"
     due_at: datetime | None = None
     last_error: str | None = None
+    application_id: uuid.UUID = DEFAULT_APPLICATION_ID
     extra: dict[str, bytes] = field(default_factory=dict, compare=False)
 
     @classmethod
     def for_event(cls, event: EventRecord, subscription_id: uuid.UUID) -> Self:
         return cls(
+            application_id=event.application_id,
             delivery_id=delivery_id_for(event.event_id, subscription_id),
             event_id=event.event_id,
             subscription_id=subscription_id,
@@ -134,6 +147,7 @@ class DeliveryJob:
             "delivery_id": str(self.delivery_id),
             "event_id": str(self.event_id),
             "subscription_id": str(self.subscription_id),
+            "application_id": str(self.application_id),
             "attempt": self.attempt,
         }
 
@@ -154,6 +168,7 @@ class DeliveryJob:
             ("first_received_at", _ts_bytes(self.first_received_at)),
             ("content_type", self.content_type.encode()),
             ("trigger", self.trigger.encode()),
+            ("application_id", str(self.application_id).encode()),
         ]
         if self.due_at is not None:
             h.append(("due_at", _ts_bytes(self.due_at)))
@@ -169,6 +184,7 @@ class DeliveryJob:
         known = {
             "delivery_id", "event_id", "subscription_id", "event_type", "attempt",
             "first_received_at", "content_type", "trigger", "due_at", "last_error",
+            "application_id",
         }  # fmt: skip
         try:
             attempt = int(_req(h, "attempt"))
@@ -186,5 +202,6 @@ class DeliveryJob:
             trigger=h.get("trigger", b"ingest").decode(errors="replace"),
             due_at=_ts(h, "due_at") if "due_at" in h else None,
             last_error=h["last_error"].decode(errors="replace") if "last_error" in h else None,
+            application_id=_application(h),
             extra={k: v for k, v in h.items() if k not in known},
         )

@@ -7,6 +7,9 @@ of every subscription instead of querying PostgreSQL per request. The snapshot i
   change is visible everywhere well within a second, and
 - every ``ttl`` seconds regardless, so a missed message (Redis down) heals by itself.
 
+Fan-out reads an index by application and event type (``FanOutIndex``), so matching an
+event costs what it matches, not what other applications hold.
+
 A lookup of an id the snapshot lacks falls through to one PostgreSQL query (the
 subscription may have been created a moment ago in another process); misses are
 remembered until the next reload so unknown ids cannot turn into a query flood.
@@ -29,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.logging import get_logger
 from shared.metrics import SUBSCRIPTIONS_LOADED
-from shared.models import Subscription
+from shared.models import DEFAULT_APPLICATION_ID, Subscription
 
 log = get_logger("subscriptions")
 
@@ -47,6 +50,7 @@ class SubscriptionView:
     secret_key: str | None
     event_types: frozenset[str]
     is_active: bool
+    application_id: uuid.UUID = DEFAULT_APPLICATION_ID
 
     def wants(self, event_type: str) -> bool:
         """Active and subscribed to this type (an empty list means every type)."""
@@ -56,11 +60,41 @@ class SubscriptionView:
     def of(cls, sub: Subscription) -> SubscriptionView:
         return cls(
             id=sub.id,
+            application_id=sub.application_id,
             target_url=sub.target_url,
             secret_key=sub.secret_key,
             event_types=frozenset(sub.event_types or ()),
             is_active=sub.is_active,
         )
+
+
+# One application's active subscriptions: by event type, and those that take every type.
+_AppEntry = tuple[dict[str, list[SubscriptionView]], list[SubscriptionView]]
+
+
+class FanOutIndex:
+    """Active subscriptions by application, then by event type (plus each application's
+    every-type subscriptions): ``matching`` touches only what it returns."""
+
+    __slots__ = ("_by_app",)
+
+    def __init__(self, views: Iterable[SubscriptionView]) -> None:
+        self._by_app: dict[uuid.UUID, _AppEntry] = {}
+        for view in views:
+            if not view.is_active:
+                continue
+            by_type, every = self._by_app.setdefault(view.application_id, ({}, []))
+            if not view.event_types:
+                every.append(view)
+            for event_type in view.event_types:
+                by_type.setdefault(event_type, []).append(view)
+
+    def matching(self, application_id: uuid.UUID, event_type: str) -> list[SubscriptionView]:
+        entry = self._by_app.get(application_id)
+        if entry is None:
+            return []
+        by_type, every = entry
+        return [*by_type.get(event_type, ()), *every]
 
 
 def change_channel(topic_prefix: str) -> str:
@@ -88,6 +122,7 @@ class SubscriptionCache:
         self._channel = change_channel(topic_prefix)
         self._ttl = ttl
         self._by_id: dict[uuid.UUID, SubscriptionView] = {}
+        self._index = FanOutIndex(())
         self._misses: set[uuid.UUID] = set()
         self._reload_now = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,9 +165,9 @@ class SubscriptionCache:
         self._by_id[subscription_id] = view
         return view
 
-    def matching(self, event_type: str) -> list[SubscriptionView]:
-        """Every active subscription that wants ``event_type`` (fan-out)."""
-        return [v for v in self._by_id.values() if v.wants(event_type)]
+    def matching(self, application_id: uuid.UUID, event_type: str) -> list[SubscriptionView]:
+        """Every active subscription of the application that wants ``event_type`` (fan-out)."""
+        return self._index.matching(application_id, event_type)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -147,6 +182,7 @@ class SubscriptionCache:
             subs: Iterable[Subscription] = (await session.execute(select(Subscription))).scalars()
             snapshot = {s.id: SubscriptionView.of(s) for s in subs}
         self._by_id = snapshot
+        self._index = FanOutIndex(snapshot.values())
         self._misses = set()
         SUBSCRIPTIONS_LOADED.set(began)
 

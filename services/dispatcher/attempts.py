@@ -35,6 +35,7 @@ AttemptRow = tuple[
     str | None,
     str,
     datetime,
+    uuid.UUID,
 ]
 
 _ERROR_LIMIT = 2000
@@ -74,6 +75,7 @@ def attempt_row(
         clean_text(excerpt),
         job.trigger,
         job.first_received_at,
+        job.application_id,
     )
 
 

@@ -43,9 +43,10 @@ EventRow = tuple[Any, ...]
 
 # Re-running fan-out after a crash writes the same event again: keep the first.
 _INSERT_EVENTS = """
-INSERT INTO events (id, received_at, event_type, subscription_id, content_type, body)
+INSERT INTO events (id, received_at, event_type, subscription_id, content_type, body,
+                    application_id)
 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[],
-                     $6::bytea[])
+                     $6::bytea[], $7::uuid[])
 ON CONFLICT (id, received_at) DO NOTHING
 """
 
@@ -66,6 +67,7 @@ class EventWriter(RowWriter[EventRow]):
                 event.subscription_id,
                 event.content_type,
                 event.body,
+                event.application_id,
             )
         )
 
@@ -115,7 +117,7 @@ class FanOutStage:
                 assert sub is not None
                 targets: Sequence[SubscriptionView] = (sub,)
             else:
-                targets = self.cache.matching(event.event_type)
+                targets = self.cache.matching(event.application_id, event.event_type)
                 log.debug("fanned out", event_id=str(event.event_id), jobs=len(targets))
             for target in targets:
                 job = DeliveryJob.for_event(event, target.id)

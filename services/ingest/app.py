@@ -21,6 +21,7 @@ from services.ingest import (
     tools,
     ui,
 )
+from services.ingest.applications import routes as applications
 from services.ingest.auth import check_api_key_configured, configured_key
 from services.ingest.errors import install_error_handlers
 from services.ingest.ingest_endpoint import add_ingest_route
@@ -37,7 +38,11 @@ Webhook delivery: signed ingestion, durable fan-out, retries, status.
 
 * `POST /ingest/{subscription_id}` is for outside senders and is authenticated by the
   `x-hub-signature-256` HMAC of the raw body. Every management, status, tools and
-  `/events` route needs `Authorization: Bearer <HOOKSTREAM_API_KEY>`.
+  `/events` route needs `Authorization: Bearer <key>`: the operator key
+  (`HOOKSTREAM_API_KEY`), or an application's scoped key (`hsk_…`), which sees and changes
+  only its own application (another application's objects are 404, operator-only routes 403).
+* The flat routes (`/subscriptions`, `/events`) act on the `default` application for the
+  operator key; `/applications/{app}/…` names one (`{app}` is its id or uid).
 * A 202 means the broker acknowledged the record (acks=all); when it cannot, the answer is
   503 with `Retry-After`, never a 202.
 * Errors are JSON `{"detail": ...}`. Malformed ids in paths are 422, unknown ids 404.
@@ -83,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HeaderLimitMiddleware, limit=settings.max_header_bytes)
     app.include_router(events.router)
     app.include_router(subscriptions.router)
+    app.include_router(applications.router)
+    app.include_router(subscriptions.app_router)
     app.include_router(status.router)
     app.include_router(stats.router)
     app.include_router(redelivery.router)

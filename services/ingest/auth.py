@@ -1,27 +1,16 @@
-"""API key authentication for management, status, tools and ``POST /events``.
+"""The operator key (``HOOKSTREAM_API_KEY``): configuration and the constant-time check.
 
-``Authorization: Bearer <HOOKSTREAM_API_KEY>``, compared in constant time. With no key
-configured (only possible with ``HOOKSTREAM_ALLOW_NO_API_KEY=true``) every request to a
-protected route is refused: no key never means "open".
+Who a request acts for (operator or an application's scoped key) is decided in
+``tenancy.py``. With no key configured (only possible with
+``HOOKSTREAM_ALLOW_NO_API_KEY=true``) the operator key matches nothing: no key never
+means "open".
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-from services.ingest.errors import Unauthorized
 from shared.settings import Settings
-
-# auto_error=False: a missing header is our 401 in our error shape, not FastAPI's 403.
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="ApiKey",
-    description="`Authorization: Bearer <HOOKSTREAM_API_KEY>`",
-)
 
 
 class ConfigurationError(RuntimeError):
@@ -50,12 +39,3 @@ def key_matches(expected: bytes | None, presented: str | None) -> bool:
     if expected is None or not presented:
         return False
     return hmac.compare_digest(presented.encode(), expected)
-
-
-async def require_api_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    expected: bytes | None = request.app.state.api_key
-    if credentials is None or not key_matches(expected, credentials.credentials):
-        raise Unauthorized()

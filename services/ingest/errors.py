@@ -58,6 +58,14 @@ class InvalidSignature(HookstreamError):
     default_detail = "missing or invalid x-hub-signature-256"
 
 
+class Forbidden(HookstreamError):
+    """A valid credential that may not use this route (an application's key on an
+    operator-only route). Never used for another application's objects: those are 404."""
+
+    status_code = 403
+    default_detail = "forbidden"
+
+
 class NotFound(HookstreamError):
     status_code = 404
     default_detail = "not found"
@@ -115,6 +123,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Malformed request: the body is not valid JSON",
         401: "Missing or invalid credentials (API key or signature)",
+        403: "An application's key on a route that needs the operator key",
         404: "Unknown id",
         409: "A request with the same Idempotency-Key is still in progress; retry later",
         413: "Body larger than HOOKSTREAM_MAX_BODY_BYTES",

@@ -22,6 +22,7 @@ from services.ingest.idempotency import Claim, IdempotencyStore, StoredAnswer, f
 from services.ingest.publishing import Publisher
 from services.ingest.request_body import legacy_payload, parse_json
 from shared.metrics import INGESTED
+from shared.models import DEFAULT_APPLICATION_ID
 from shared.records import EventRecord, delivery_id_for
 from shared.settings import Settings
 from shared.signing import verify_hub_signature
@@ -121,6 +122,7 @@ class Ingestion:
             content_type=content_type,
             body=body,
             subscription_id=sub.id,
+            application_id=sub.application_id,
         )
         await self._publisher.publish_event(self._events_topic, record)
         return 202, orjson.dumps(
@@ -136,31 +138,32 @@ class Ingestion:
         self,
         body: bytes,
         *,
+        application_id: uuid.UUID,
         event_type: str,
         content_type: str,
         idempotency_key: str | None,
     ) -> tuple[Answer, bool]:
-        """``POST /events``: one record; the dispatcher fans it out to matching subscriptions."""
+        """``POST /events``: one record; the dispatcher fans it out to the matching
+        subscriptions of ``application_id``."""
         parse_json(body)
-
+        publish = partial(self._publish_fanout, body, application_id, event_type, content_type)
         if idempotency_key is None:
-            return await self._publish_fanout(body, event_type, content_type), False
-        return await _once(
-            self._idempotency,
-            "events",
-            idempotency_key,
-            event_type,
-            body,
-            partial(self._publish_fanout, body, event_type, content_type),
-        )
+            return await publish(), False
+        # The default application keeps the scope it had before applications existed, so
+        # a repeat across the upgrade is still recognised.
+        scope = "events" if application_id == DEFAULT_APPLICATION_ID else f"app:{application_id}"
+        return await _once(self._idempotency, scope, idempotency_key, event_type, body, publish)
 
-    async def _publish_fanout(self, body: bytes, event_type: str, content_type: str) -> Answer:
+    async def _publish_fanout(
+        self, body: bytes, application_id: uuid.UUID, event_type: str, content_type: str
+    ) -> Answer:
         record = EventRecord(
             event_id=uuid.uuid4(),
             event_type=event_type,
             received_at=datetime.now(UTC),
             content_type=content_type,
             body=body,
+            application_id=application_id,
         )
         await self._publisher.publish_event(self._events_topic, record)
         return 202, orjson.dumps(

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.ingest.auth import require_api_key
 from services.ingest.errors import (
     Conflict,
     HookstreamError,
@@ -30,6 +29,7 @@ from services.ingest.errors import (
 )
 from services.ingest.resources import Resources, from_request
 from services.ingest.schemas import RedeliveryAccepted, ReplayAccepted
+from services.ingest.tenancy import Caller, Tenant
 from shared.models import AttemptStatus, DeliveryAttempt, Event, Subscription
 from shared.records import DeliveryJob
 
@@ -68,12 +68,13 @@ async def stored_event(session: AsyncSession, event_id: uuid.UUID) -> StoredEven
 
 
 def _job(
-    delivery_id: uuid.UUID, sub_id: uuid.UUID, event: StoredEvent, trigger: str
+    delivery_id: uuid.UUID, sub: Subscription, event: StoredEvent, trigger: str
 ) -> DeliveryJob:
     return DeliveryJob(
         delivery_id=delivery_id,
         event_id=event.event_id,
-        subscription_id=sub_id,
+        subscription_id=sub.id,
+        application_id=sub.application_id,
         event_type=event.event_type,
         attempt=1,
         first_received_at=event.received_at,
@@ -92,8 +93,8 @@ async def _deliverable(session: AsyncSession, subscription_id: uuid.UUID) -> Sub
     return sub
 
 
-async def retry_delivery(res: Resources, delivery_id: uuid.UUID) -> DeliveryJob:
-    async with res.sessions() as session:
+async def retry_delivery(res: Resources, tenant: Tenant, delivery_id: uuid.UUID) -> DeliveryJob:
+    async with tenant.session() as session:
         latest = (
             await session.execute(
                 select(
@@ -114,17 +115,17 @@ async def retry_delivery(res: Resources, delivery_id: uuid.UUID) -> DeliveryJob:
                 "this delivery is still being retried; retry it by hand once it has ended",
                 headers={"Retry-After": "60"},
             )
-        await _deliverable(session, sub_id)
+        sub = await _deliverable(session, sub_id)
         event = await stored_event(session, event_id)
     if event is None:
         raise Gone()
-    job = _job(delivery_id, sub_id, event, "manual-retry")
+    job = _job(delivery_id, sub, event, "manual-retry")
     await res.publisher.publish_job(res.topics.deliveries, job)
     return job
 
 
 async def replay_failures(
-    res: Resources, subscription_id: uuid.UUID, since: datetime
+    res: Resources, tenant: Tenant, subscription_id: uuid.UUID, since: datetime
 ) -> tuple[list[uuid.UUID], int]:
     """Re-send the deliveries whose latest attempt since ``since`` is FAILURE."""
     latest = (
@@ -141,8 +142,8 @@ async def replay_failures(
         .order_by(DeliveryAttempt.delivery_id, DeliveryAttempt.created_at.desc())
         .subquery()
     )
-    async with res.sessions() as session:
-        await _deliverable(session, subscription_id)
+    async with tenant.session() as session:
+        sub = await _deliverable(session, subscription_id)
         failed = (
             await session.execute(
                 select(latest.c.delivery_id, latest.c.event_id)
@@ -154,7 +155,7 @@ async def replay_failures(
             e.event_id: e for e in [await stored_event(session, eid) for _, eid in failed] if e
         }
     jobs = [
-        _job(delivery_id, subscription_id, events[event_id], "replay")
+        _job(delivery_id, sub, events[event_id], "replay")
         for delivery_id, event_id in failed
         if event_id in events
     ]
@@ -179,7 +180,7 @@ def parse_since(value: str | None) -> datetime:
 
 # --- HTTP ---------------------------------------------------------------------------
 
-router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/status", tags=["status"])
 
 _ERRORS = error_responses(401, 404, 409, 422, 503)
 _ERRORS[410] = {"description": "The event's body is past retention", "model": _ERRORS[404]["model"]}
@@ -192,8 +193,8 @@ _ERRORS[410] = {"description": "The event's body is past retention", "model": _E
     summary="Deliver again: a fresh attempt series for one delivery (trigger manual-retry)",
     responses=_ERRORS,
 )
-async def retry(delivery_id: uuid.UUID, request: Request) -> Any:
-    job = await retry_delivery(from_request(request), delivery_id)
+async def retry(delivery_id: uuid.UUID, request: Request, tenant: Caller) -> Any:
+    job = await retry_delivery(from_request(request), tenant, delivery_id)
     return RedeliveryAccepted(
         status="accepted",
         delivery_id=job.delivery_id,
@@ -214,6 +215,7 @@ async def retry(delivery_id: uuid.UUID, request: Request) -> Any:
 async def replay(
     subscription_id: uuid.UUID,
     request: Request,
+    tenant: Caller,
     since: Annotated[
         str | None,
         Query(
@@ -224,7 +226,7 @@ async def replay(
     ] = None,
 ) -> Any:
     start = parse_since(since)
-    replayed, expired = await replay_failures(from_request(request), subscription_id, start)
+    replayed, expired = await replay_failures(from_request(request), tenant, subscription_id, start)
     return ReplayAccepted(
         status="accepted",
         subscription_id=subscription_id,

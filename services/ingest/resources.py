@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
+from services.ingest.applications.keys import KeyStore
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.ingestion import Ingestion
 from services.ingest.publishing import Publisher
@@ -43,6 +44,7 @@ class Resources:
     ingestion: Ingestion
     lag: LagProbe
     stats_cache: StatsCache
+    keys: KeyStore
 
 
 @asynccontextmanager
@@ -67,6 +69,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(lag.close)
         stats_cache = StatsCache()
         stack.push_async_callback(stats_cache.close)
+        keys = KeyStore(sessions)
+        stack.push_async_callback(keys.close)
         yield Resources(
             settings=settings,
             topics=topics,
@@ -81,6 +85,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ),
             lag=lag,
             stats_cache=stats_cache,
+            keys=keys,
         )
 
 

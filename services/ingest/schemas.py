@@ -77,6 +77,7 @@ class SubscriptionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
+    application_id: uuid.UUID
     target_url: str
     event_types: list[str]
     is_active: bool

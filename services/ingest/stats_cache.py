@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -15,8 +16,12 @@ CACHE_SECONDS = 5.0
 STALE_SECONDS = 600.0
 
 
-def _key(window: timedelta, top: int) -> tuple[int, int]:
-    return int(window.total_seconds()), top
+Key = tuple[int, int, uuid.UUID | None]
+
+
+def _key(window: timedelta, top: int, application_id: uuid.UUID | None) -> Key:
+    """One answer per window, top and application (None: all of them)."""
+    return int(window.total_seconds()), top, application_id
 
 
 class StatsCache:
@@ -31,8 +36,8 @@ class StatsCache:
     def __init__(self, ttl: float = CACHE_SECONDS, stale: float = STALE_SECONDS) -> None:
         self._ttl = ttl
         self._stale = stale
-        self._entries: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
-        self._pending: dict[tuple[int, int], asyncio.Task[dict[str, Any]]] = {}
+        self._entries: dict[Key, tuple[float, dict[str, Any]]] = {}
+        self._pending: dict[Key, asyncio.Task[dict[str, Any]]] = {}
 
     async def warm(
         self,
@@ -44,7 +49,7 @@ class StatsCache:
     ) -> bool:
         """Compute an answer ahead of its first request, waiting up to ``wait`` seconds;
         past that it finishes in the background. True when the answer is ready."""
-        key = _key(window, top)
+        key = _key(window, top, None)
         if key in self._entries:
             return True
         task = self._pending.get(key) or self._start(key, compute)
@@ -56,8 +61,9 @@ class StatsCache:
         window: timedelta,
         top: int,
         compute: Callable[[], Awaitable[dict[str, Any]]],
+        application_id: uuid.UUID | None = None,
     ) -> dict[str, Any]:
-        key = _key(window, top)
+        key = _key(window, top, application_id)
         entry = self._entries.get(key)
         age = time.monotonic() - entry[0] if entry is not None else float("inf")
         if entry is not None and age <= self._ttl:
@@ -69,7 +75,7 @@ class StatsCache:
         return await asyncio.shield(task)
 
     def _start(
-        self, key: tuple[int, int], compute: Callable[[], Awaitable[dict[str, Any]]]
+        self, key: Key, compute: Callable[[], Awaitable[dict[str, Any]]]
     ) -> asyncio.Task[dict[str, Any]]:
         async def run() -> dict[str, Any]:
             return await compute()

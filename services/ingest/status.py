@@ -10,15 +10,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from services.ingest.auth import require_api_key
 from services.ingest.errors import NotFound, error_responses
-from services.ingest.resources import from_request
 from services.ingest.schemas import (
     AttemptOut,
     DeadLetter,
@@ -28,6 +26,7 @@ from services.ingest.schemas import (
     EventStatus,
     SubscriptionDeliveries,
 )
+from services.ingest.tenancy import Caller
 from shared.models import AttemptStatus, DeliveryAttempt, Event, Subscription
 
 # A delivery has at most max_attempts rows per series; manual retries and replays add
@@ -206,7 +205,9 @@ async def dead_letters(
 
 # --- HTTP ---------------------------------------------------------------------------
 
-router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(require_api_key)])
+# Every read goes through the caller's tenant session: an application's key finds only
+# its own deliveries, events and dead letters (another's are 404 or absent from lists).
+router = APIRouter(prefix="/status", tags=["status"])
 
 
 @router.get(
@@ -215,8 +216,8 @@ router = APIRouter(prefix="/status", tags=["status"], dependencies=[Depends(requ
     summary="Every attempt of one delivery (delivery_id = the 202's delivery_id = webhook-id)",
     responses=error_responses(401, 404, 422),
 )
-async def get_delivery(delivery_id: uuid.UUID, request: Request) -> Any:
-    async with from_request(request).sessions() as session:
+async def get_delivery(delivery_id: uuid.UUID, tenant: Caller) -> Any:
+    async with tenant.session() as session:
         return await delivery_status(session, delivery_id)
 
 
@@ -228,10 +229,10 @@ async def get_delivery(delivery_id: uuid.UUID, request: Request) -> Any:
 )
 async def get_subscription_deliveries(
     subscription_id: uuid.UUID,
-    request: Request,
+    tenant: Caller,
     limit: Annotated[int, Query(ge=1, le=MAX_LOGS)] = 50,
 ) -> Any:
-    async with from_request(request).sessions() as session:
+    async with tenant.session() as session:
         return await subscription_deliveries(session, subscription_id, limit)
 
 
@@ -241,8 +242,8 @@ async def get_subscription_deliveries(
     summary="An ingested event and the state of each of its deliveries",
     responses=error_responses(401, 404, 422),
 )
-async def get_event(event_id: uuid.UUID, request: Request) -> Any:
-    async with from_request(request).sessions() as session:
+async def get_event(event_id: uuid.UUID, tenant: Caller) -> Any:
+    async with tenant.session() as session:
         return await event_status(session, event_id)
 
 
@@ -253,9 +254,9 @@ async def get_event(event_id: uuid.UUID, request: Request) -> Any:
     responses=error_responses(401, 422),
 )
 async def get_dead_letters(
-    request: Request,
+    tenant: Caller,
     subscription_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LOGS)] = 100,
 ) -> Any:
-    async with from_request(request).sessions() as session:
+    async with tenant.session() as session:
         return await dead_letters(session, subscription_id, limit)

@@ -1,6 +1,9 @@
 """Subscriptions: CRUD routes, the service functions behind them, and cache invalidation.
 
-Routes own the transaction (commit), service functions flush. After a change is
+Routes own the transaction (commit), service functions flush, and both work in the
+caller's tenant session (``tenancy.py``): an application's key sees and changes only its
+own subscriptions, and the flat routes create in the ``default`` application for the
+operator. After a change is
 committed, every process's cache is told (Redis pub/sub, ``shared.subscriptions``) and this
 process's own cache is reloaded before answering, so a client that changes a subscription
 and then sends a webhook sees its change.
@@ -14,13 +17,13 @@ from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from services.ingest.auth import require_api_key
 from services.ingest.errors import NotFound, Unprocessable, error_responses
+from services.ingest.pagination import Cursor, Limit, Page, keyset, page
 from services.ingest.resources import Resources, from_request
 from services.ingest.schemas import (
     SubscriptionCreate,
@@ -28,6 +31,7 @@ from services.ingest.schemas import (
     SubscriptionOut,
     SubscriptionUpdate,
 )
+from services.ingest.tenancy import AppTenant, Caller, Tenant
 from shared.logging import get_logger
 from shared.models import Subscription
 from shared.subscriptions import notify_changed
@@ -65,11 +69,16 @@ def check_target_url(url: str, max_length: int) -> str:
 
 
 async def create_subscription(
-    session: AsyncSession, data: SubscriptionCreate, *, max_url_length: int
+    session: AsyncSession,
+    data: SubscriptionCreate,
+    *,
+    application_id: uuid.UUID,
+    max_url_length: int,
 ) -> Subscription:
     now = datetime.now(UTC)
     sub = Subscription(
         id=uuid.uuid4(),
+        application_id=application_id,
         target_url=check_target_url(data.target_url, max_url_length),
         secret_key=data.secret_key,
         event_types=_unique(data.event_types),
@@ -86,12 +95,21 @@ async def create_subscription(
 async def list_subscriptions(
     session: AsyncSession, *, skip: int, limit: int
 ) -> Sequence[Subscription]:
+    """The seed's plain list, oldest first, by offset."""
     query = (
         select(Subscription)
         .order_by(Subscription.created_at, Subscription.id)
         .offset(skip)
         .limit(min(limit, MAX_PAGE))
     )
+    return (await session.execute(query)).scalars().all()
+
+
+async def page_subscriptions(
+    session: AsyncSession, cursor: str | None, limit: int
+) -> Sequence[Subscription]:
+    """Newest first, by cursor (the application routes)."""
+    query = keyset(select(Subscription), Subscription.created_at, Subscription.id, cursor, limit)
     return (await session.execute(query)).scalars().all()
 
 
@@ -161,27 +179,66 @@ def _unique(event_types: Sequence[str]) -> list[str]:
 
 # --- HTTP ---------------------------------------------------------------------------
 
-router = APIRouter(
-    prefix="/subscriptions",
-    tags=["subscriptions"],
-    dependencies=[Depends(require_api_key)],
-)
+router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
+app_router = APIRouter(prefix="/applications/{app}/subscriptions", tags=["subscriptions"])
+
+
+async def _create(data: SubscriptionCreate, tenant: Tenant, request: Request) -> Subscription:
+    res = from_request(request)
+    async with tenant.begin() as session:
+        sub = await create_subscription(
+            session,
+            data,
+            application_id=tenant.creates_in,
+            max_url_length=res.settings.max_url_length,
+        )
+    await announce_change(res, sub.id)
+    log.info(
+        "subscription created",
+        subscription_id=str(sub.id),
+        application_id=str(sub.application_id),
+        signed=sub.secret_key is not None,
+    )
+    return sub
 
 
 @router.post(
     "/",
     status_code=201,
     response_model=SubscriptionCreated,
-    summary="Create a subscription (the only answer that shows its secret_key)",
+    summary="Create a subscription (the only answer that shows its secret_key); in the "
+    "default application, or in the key's own",
     responses=error_responses(400, 401, 422),
 )
-async def create(data: SubscriptionCreate, request: Request) -> Subscription:
-    res = from_request(request)
-    async with res.sessions.begin() as session:
-        sub = await create_subscription(session, data, max_url_length=res.settings.max_url_length)
-    await announce_change(res, sub.id)
-    log.info("subscription created", subscription_id=str(sub.id), signed=sub.secret_key is not None)
-    return sub
+async def create(data: SubscriptionCreate, tenant: Caller, request: Request) -> Subscription:
+    return await _create(data, tenant, request)
+
+
+@app_router.post(
+    "",
+    status_code=201,
+    response_model=SubscriptionCreated,
+    summary="Create a subscription in this application (the only answer showing secret_key)",
+    responses=error_responses(400, 401, 404, 422),
+)
+async def create_in_application(
+    data: SubscriptionCreate, tenant: AppTenant, request: Request
+) -> Subscription:
+    return await _create(data, tenant, request)
+
+
+@app_router.get(
+    "",
+    response_model=Page[SubscriptionOut],
+    summary="This application's subscriptions, newest first (never their secrets)",
+    responses=error_responses(401, 404, 422),
+)
+async def list_in_application(
+    tenant: AppTenant, limit: Limit = 50, cursor: Cursor = None
+) -> Page[SubscriptionOut]:
+    async with tenant.session() as session:
+        rows = await page_subscriptions(session, cursor, limit)
+    return page(rows, limit, SubscriptionOut.model_validate)
 
 
 @router.get(
@@ -191,11 +248,11 @@ async def create(data: SubscriptionCreate, request: Request) -> Subscription:
     responses=error_responses(401, 422),
 )
 async def list_(
-    request: Request,
+    tenant: Caller,
     skip: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> Sequence[Subscription]:
-    async with from_request(request).sessions() as session:
+    async with tenant.session() as session:
         return await list_subscriptions(session, skip=skip, limit=limit)
 
 
@@ -205,8 +262,8 @@ async def list_(
     summary="One subscription (never its secret)",
     responses=error_responses(401, 404, 422),
 )
-async def get(subscription_id: uuid.UUID, request: Request) -> Subscription:
-    async with from_request(request).sessions() as session:
+async def get(subscription_id: uuid.UUID, tenant: Caller) -> Subscription:
+    async with tenant.session() as session:
         return await get_subscription(session, subscription_id)
 
 
@@ -217,16 +274,19 @@ async def get(subscription_id: uuid.UUID, request: Request) -> Subscription:
     responses=error_responses(400, 401, 404, 422),
 )
 async def update(
-    subscription_id: uuid.UUID, patch: SubscriptionUpdate, request: Request
+    subscription_id: uuid.UUID, patch: SubscriptionUpdate, tenant: Caller, request: Request
 ) -> Subscription:
     res = from_request(request)
-    async with res.sessions.begin() as session:
+    async with tenant.begin() as session:
         sub = await update_subscription(
             session, subscription_id, patch, max_url_length=res.settings.max_url_length
         )
     await announce_change(res, sub.id)
     log.info(
-        "subscription updated", subscription_id=str(sub.id), fields=sorted(patch.model_fields_set)
+        "subscription updated",
+        subscription_id=str(sub.id),
+        application_id=str(sub.application_id),
+        fields=sorted(patch.model_fields_set),
     )
     return sub
 
@@ -238,10 +298,10 @@ async def update(
     summary="Delete a subscription; its delivery history stays readable",
     responses=error_responses(401, 404, 422),
 )
-async def remove(subscription_id: uuid.UUID, request: Request) -> Response:
+async def remove(subscription_id: uuid.UUID, tenant: Caller, request: Request) -> Response:
     res = from_request(request)
-    async with res.sessions.begin() as session:
+    async with tenant.begin() as session:
         await delete_subscription(session, subscription_id)
     await announce_change(res, subscription_id)
-    log.info("subscription deleted", subscription_id=str(subscription_id))
+    log.info("subscription deleted", subscription_id=str(subscription_id), **tenant.log_fields())
     return Response(status_code=204)

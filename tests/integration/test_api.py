@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import make_sessionmaker
-from shared.models import DeliveryAttempt, Event
+from shared.models import DEFAULT_APPLICATION_ID, DeliveryAttempt, Event
 from shared.redis import make_redis
 from shared.settings import Settings
 from shared.subscriptions import SubscriptionCache
@@ -77,6 +77,7 @@ async def test_crud_round_trip_never_shows_the_secret_after_create(
         "updated_at",
         "secret_key",
         "deactivated_reason",
+        "application_id",
     }
     assert created["deactivated_reason"] is None
     sub_id = created["id"]
@@ -471,7 +472,7 @@ async def test_another_process_sees_changes_within_a_second(
         return time.monotonic() - started
 
     def ids() -> set[str]:
-        return {str(v.id) for v in other.matching(event_type)}
+        return {str(v.id) for v in other.matching(DEFAULT_APPLICATION_ID, event_type)}
 
     try:
         r = await client.post(
@@ -540,7 +541,8 @@ async def test_openapi_documents_every_route_header_and_error(ingest: IngestServ
     assert spec["components"]["securitySchemes"]["ApiKey"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "`Authorization: Bearer <HOOKSTREAM_API_KEY>`",
+        "description": "`Authorization: Bearer <key>`: the operator key (HOOKSTREAM_API_KEY) "
+        "or an application's scoped key (`hsk_…`)",
     }
     open_routes = {"/ingest/{subscription_id}", "/health", "/ready", "/metrics"}
     for path, ops in paths.items():

@@ -6,7 +6,7 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-from shared.models import Subscription
+from shared.models import DEFAULT_APPLICATION_ID, Subscription
 from shared.subscriptions import SubscriptionCache, SubscriptionView
 
 
@@ -51,6 +51,7 @@ class FakeDb:
     def add(self, **fields: Any) -> Subscription:
         sub = Subscription(
             id=uuid.uuid4(),
+            application_id=DEFAULT_APPLICATION_ID,
             target_url="https://e.com/",
             secret_key=None,
             event_types=[],
@@ -106,9 +107,9 @@ async def test_reload_replaces_the_snapshot() -> None:
     sub = db.add(event_types=["a"])
     cache = _cache(db)
     await cache.reload()
-    assert [v.id for v in cache.matching("a")] == [sub.id]
+    assert [v.id for v in cache.matching(DEFAULT_APPLICATION_ID, "a")] == [sub.id]
     sub.is_active = False
-    assert cache.matching("a")  # the snapshot is a copy, not the ORM object
+    assert cache.matching(DEFAULT_APPLICATION_ID, "a")  # the snapshot is a copy, not the ORM object
     await cache.reload()
-    assert cache.matching("a") == []
+    assert cache.matching(DEFAULT_APPLICATION_ID, "a") == []
     assert len(cache) == 1

@@ -23,6 +23,7 @@ from services.ingest.subscriptions import (
     get_subscription,
     update_subscription,
 )
+from services.ingest.tenancy import operator
 from services.ingest.ui.pages import (
     REPLAY_WINDOWS_HOURS,
     delivery_page_response,
@@ -37,6 +38,7 @@ from services.ingest.ui.web import (
     redirect,
 )
 from shared.logging import get_logger
+from shared.models import DEFAULT_APPLICATION_ID
 
 log = get_logger("ingest.ui")
 
@@ -79,7 +81,12 @@ async def create(request: Request, session: LoggedIn) -> Response:
             event_types=_event_types(values["event_types"]),
         )
         async with res.sessions.begin() as db:
-            sub = await create_subscription(db, data, max_url_length=res.settings.max_url_length)
+            sub = await create_subscription(
+                db,
+                data,
+                application_id=DEFAULT_APPLICATION_ID,
+                max_url_length=res.settings.max_url_length,
+            )
     except (ValidationError, Unprocessable) as exc:
         return subscription_form(
             request, None, values=values, errors=_field_errors(exc), status_code=422
@@ -148,7 +155,8 @@ async def replay(subscription_id: uuid.UUID, request: Request, session: LoggedIn
     if hours not in REPLAY_WINDOWS_HOURS:
         raise Unprocessable(["form", "since_hours"], "pick one of the offered windows")
     since = datetime.now(UTC) - timedelta(hours=hours)
-    replayed, expired = await replay_failures(from_request(request), subscription_id, since)
+    res = from_request(request)
+    replayed, expired = await replay_failures(res, operator(res.sessions), subscription_id, since)
     log.info(
         "replay", subscription_id=str(subscription_id), replayed=len(replayed), via="dashboard"
     )
@@ -166,7 +174,7 @@ async def retry(delivery_id: uuid.UUID, request: Request, session: LoggedIn) -> 
         # How many attempts there are now: the page refreshes itself until there are more.
         seen = (await delivery_status(db, delivery_id)).total_attempts
     try:
-        await retry_delivery(res, delivery_id)
+        await retry_delivery(res, operator(res.sessions), delivery_id)
     except HookstreamError as exc:
         # Still retrying, inactive, or past retention: say so on the delivery's own page.
         return await delivery_page_response(

@@ -1,0 +1,1 @@
+"""Applications (tenants): their routes, schemas, service functions and scoped keys."""

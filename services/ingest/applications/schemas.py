@@ -1,0 +1,104 @@
+"""Request and response bodies of the application and API-key routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from services.ingest.schemas import _storable
+
+MAX_METADATA_BYTES = 4096
+
+
+def _not_a_uuid(value: str) -> str:
+    # {app} in a path is an id or a uid: a uid that parses as an id would be ambiguous.
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return value
+    raise ValueError("must not be a UUID (a path would read it as an application id)")
+
+
+def _small(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+Uid = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="your own id for this application (e.g. your customer's id); unique",
+        examples=["customer-42"],
+    ),
+    AfterValidator(_not_a_uuid),
+]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
+Metadata = Annotated[
+    dict[str, Any],
+    Field(description=f"any JSON object, at most {MAX_METADATA_BYTES} bytes"),
+    AfterValidator(_small),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApplicationCreate(_Strict):
+    uid: Uid | None = None
+    name: Name
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class ApplicationUpdate(_Strict):
+    """Only the fields present change; ``uid: null`` removes the uid."""
+
+    uid: Uid | None = None
+    name: Name | None = None
+    metadata: Metadata | None = None
+
+
+class ApplicationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    id: uuid.UUID
+    uid: str | None
+    name: str
+    metadata: dict[str, Any] = Field(validation_alias="metadata_")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKeyCreate(_Strict):
+    name: Name
+    expires_at: datetime | None = Field(
+        None, description="RFC 3339 date-time with offset; absent: the key does not expire"
+    )
+
+
+class ApiKeyOut(BaseModel):
+    """A key as lists show it: never the key itself."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    application_id: uuid.UUID
+    name: str
+    prefix: str = Field(description="the key's first characters, to recognise it")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="to within a minute")
+
+
+class ApiKeyCreated(ApiKeyOut):
+    """The create answer: the only one that ever contains the key."""
+
+    key: str = Field(description="`hsk_…`: shown once, stored only as a hash")
