@@ -33,7 +33,7 @@ from services.ingest.schemas import (
 )
 from services.ingest.tenancy import AppTenant, Caller, Tenant
 from shared.logging import get_logger
-from shared.models import Subscription
+from shared.models import DEFAULT_APPLICATION_ID, Subscription
 from shared.subscriptions import notify_changed
 
 log = get_logger("ingest.subscriptions")
@@ -72,7 +72,7 @@ async def create_subscription(
     session: AsyncSession,
     data: SubscriptionCreate,
     *,
-    application_id: uuid.UUID,
+    application_id: uuid.UUID = DEFAULT_APPLICATION_ID,
     max_url_length: int,
 ) -> Subscription:
     now = datetime.now(UTC)

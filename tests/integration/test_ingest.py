@@ -100,7 +100,9 @@ async def test_signed_ingest_is_published_with_exact_bytes_and_headers(
         "received_at",
         "content_type",
         "subscription_id",
+        "application_id",
     }
+    assert decoded.application_id == uuid.UUID(sub["application_id"])
 
 
 async def test_legacy_json_dumps_signature_is_accepted(

@@ -8,11 +8,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from services.ingest.errors import HookstreamError, Unprocessable
+from services.ingest.applications import service as applications
+from services.ingest.applications.schemas import ApplicationCreate
+from services.ingest.errors import Conflict, HookstreamError, NotFound, Unprocessable
 from services.ingest.redelivery import replay_failures, retry_delivery
 from services.ingest.resources import from_request
 from services.ingest.schemas import SubscriptionCreate, SubscriptionUpdate
@@ -23,9 +26,11 @@ from services.ingest.subscriptions import (
     get_subscription,
     update_subscription,
 )
-from services.ingest.tenancy import operator
+from services.ingest.tenancy import Tenant, operator, resolve_application
 from services.ingest.ui.pages import (
     REPLAY_WINDOWS_HOURS,
+    AppRef,
+    application_form,
     delivery_page_response,
     subscription_form,
 )
@@ -49,12 +54,53 @@ _SEPARATORS = re.compile(r"[\s,]+")
 _PLAIN = {
     ("target_url", "string_pattern_mismatch"): "must be an absolute http or https URL",
     ("event_types", "string_pattern_mismatch"): "event types are printable ASCII, no spaces",
+    ("uid", "string_pattern_mismatch"): "letters, digits, '.', '_' and '-' only",
+    ("metadata", "dict_type"): "must be a JSON object",
 }
 
 
 def _event_types(text: str) -> list[str]:
     """``"order.paid, invoice.created"`` or one per line → a list; empty = every type."""
     return [t for t in _SEPARATORS.split(text) if t]
+
+
+def _metadata(text: str) -> Any:
+    """The metadata field as JSON (empty: none); the schema then says whether it is an object.
+
+    Refused here, as a field error, is what would otherwise fail later as a 500: nesting
+    deeper than orjson writes (254 levels: the schema's size check is a TypeError then),
+    and NUL characters, which PostgreSQL's jsonb does not take.
+    """
+    if not text.strip():
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(["metadata"], f"is not valid JSON: {exc}") from None
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise Unprocessable(["metadata"], f"cannot be stored: {exc}") from None
+    if _has_nul(value):
+        raise Unprocessable(["metadata"], "must not contain NUL characters (\\u0000)")
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether any string in parsed JSON, key or value, holds a NUL (without recursion:
+    the parser allows 1024 levels, more than Python's stack)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 def _field_errors(exc: ValidationError | Unprocessable) -> dict[str, str]:
@@ -182,3 +228,42 @@ async def retry(delivery_id: uuid.UUID, request: Request, session: LoggedIn) -> 
         )
     log.info("manual retry", delivery_id=str(delivery_id), via="dashboard")
     return redirect(f"{PREFIX}/deliveries/{delivery_id}?notice=retry-queued&seen={seen}")
+
+
+@router.post(f"{PREFIX}/applications")
+async def create_application(request: Request, session: LoggedIn) -> Response:
+    form = await read_form(request, session)
+    res = from_request(request)
+    values = {k: form.get(k, "") for k in ("uid", "name", "metadata")}
+    try:
+        data = ApplicationCreate(
+            uid=values["uid"].strip() or None,
+            name=values["name"].strip(),
+            metadata=_metadata(values["metadata"]),
+        )
+        async with operator(res.sessions).begin() as db:
+            app = await applications.create_application(db, data)
+    except (ValidationError, Unprocessable) as exc:
+        return application_form(request, values=values, errors=_field_errors(exc), status_code=422)
+    except Conflict as exc:  # the uid is taken
+        return application_form(
+            request, values=values, errors={"uid": describe(exc)}, status_code=exc.status_code
+        )
+    log.info("application created", application_id=str(app.id), via="dashboard")
+    return redirect(f"{PREFIX}/applications/{app.id}?notice=application-created")
+
+
+@router.post(f"{PREFIX}/applications/{{app}}/api-keys/{{key_id}}/revoke")
+async def revoke_key(
+    app: AppRef, key_id: uuid.UUID, request: Request, session: LoggedIn
+) -> Response:
+    await read_form(request, session)
+    res = from_request(request)
+    async with res.sessions() as db:
+        found = await resolve_application(db, app)
+    # In the application's own session: a key of another application is not found.
+    async with Tenant(res.sessions, found.id, operator=True).begin() as db:
+        if not await applications.revoke_key(db, key_id):
+            raise NotFound("api key not found (or already revoked)")
+    log.info("api key revoked", key_id=str(key_id), application_id=str(found.id), via="dashboard")
+    return redirect(f"{PREFIX}/applications/{found.id}?notice=key-revoked")

@@ -1,28 +1,37 @@
 """The dashboard's pages (GET). Each reads through the API's service functions
-(``subscriptions``, ``status``, ``redelivery``, ``stats``) plus the few read models in
-``queries``; none writes."""
+(``subscriptions``, ``applications.service``, ``status``, ``redelivery``, ``stats``) plus
+the few read models in ``queries``; none writes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
+from services.ingest import pagination
+from services.ingest.applications.schemas import ApplicationOut
+from services.ingest.applications.service import list_applications, list_keys
 from services.ingest.errors import NotFound
 from services.ingest.redelivery import DEFAULT_REPLAY_WINDOW, stored_event
 from services.ingest.resources import Resources, from_request
 from services.ingest.stats import window_stats
 from services.ingest.status import dead_letters, delivery_status, subscription_deliveries
-from services.ingest.subscriptions import get_subscription, list_subscriptions
+from services.ingest.subscriptions import (
+    get_subscription,
+    list_subscriptions,
+    page_subscriptions,
+)
+from services.ingest.tenancy import Tenant, resolve_application
 from services.ingest.ui import queries
 from services.ingest.ui.chart import per_minute_chart
 from services.ingest.ui.payload import payload_view
 from services.ingest.ui.web import PREFIX, LoggedIn, UiRoute, render
-from shared.models import AttemptStatus, Subscription
+from shared.models import Application, AttemptStatus, Subscription
 
 router = APIRouter(route_class=UiRoute, include_in_schema=False)
 
@@ -35,9 +44,13 @@ REFRESH_SECONDS = 2
 # Between automatic retries the next attempt is at least a tier (10 s by default) away.
 RETRYING_REFRESH_SECONDS = 10
 REPLAY_WINDOWS_HOURS = (1, 24, 72)
+# An application page lists this many of its subscriptions and of its keys, newest first;
+# the page says when there are more.
+APPLICATION_ROWS = 100
 
 Notice = Annotated[str | None, Query(max_length=32)]
 Count = Annotated[int | None, Query(ge=0, le=1_000_000)]
+AppRef = Annotated[str, Path(min_length=1, max_length=100)]
 
 
 def notice_text(code: str | None, n: int | None = None, expired: int | None = None) -> str | None:
@@ -53,6 +66,8 @@ def notice_text(code: str | None, n: int | None = None, expired: int | None = No
         "retry-arrived": "The retry's first attempt is in (the top row).",
         "replayed": f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again"
         + (f"; {expired} past retention, nothing left to send." if expired else "."),
+        "application-created": "Application created.",
+        "key-revoked": "API key revoked: every process refuses it within a second.",
     }
     return messages.get(code or "")
 
@@ -105,11 +120,13 @@ async def subscriptions_page(
         subs = await list_subscriptions(db, skip=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         total = await queries.count_subscriptions(db)
         health = await queries.subscription_health(db, [s.id for s in subs], since)
+        apps = await queries.applications_by_id(db, list({s.application_id for s in subs}))
     return render(
         request,
         "subscriptions.html",
         subscriptions=subs,
         health=health,
+        applications=apps,
         total=total,
         page=page,
         pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1),
@@ -163,6 +180,7 @@ async def subscription_page(
         # Raises NotFound when there is neither a subscription nor any history.
         deliveries = await subscription_deliveries(db, subscription_id, RECENT_ATTEMPTS)
         health = await queries.subscription_health(db, [subscription_id], since)
+        app = await db.get(Application, sub.application_id) if sub else None
     breaker = (
         await queries.breaker_state(res.redis, res.settings.topic_prefix, sub.target_url)
         if sub
@@ -173,6 +191,7 @@ async def subscription_page(
         "subscription.html",
         subscription_id=subscription_id,
         sub=sub,
+        application=app,
         deliveries=deliveries,
         health=health.get(subscription_id),
         breaker=breaker,
@@ -188,6 +207,80 @@ async def edit_subscription_page(
     async with from_request(request).sessions() as db:
         sub = await get_subscription(db, subscription_id)
     return subscription_form(request, sub)
+
+
+# --- applications -------------------------------------------------------------------
+
+
+@router.get(f"{PREFIX}/applications")
+async def applications_page(
+    request: Request, _: LoggedIn, cursor: pagination.Cursor = None
+) -> Response:
+    async with from_request(request).sessions() as db:
+        rows = await list_applications(db, cursor, PAGE_SIZE)
+        listing = pagination.page(rows, PAGE_SIZE, ApplicationOut.model_validate)
+        counts = await queries.subscription_counts(db, [a.id for a in listing.data])
+    return render(
+        request,
+        "applications.html",
+        applications=listing.data,
+        subscription_counts=counts,
+        next_cursor=listing.next_cursor,
+        first_page=cursor is None,
+    )
+
+
+def application_form(
+    request: Request,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    """The create form, with what was typed and what is wrong."""
+    return render(
+        request,
+        "application_form.html",
+        values=values or {"uid": "", "name": "", "metadata": ""},
+        errors=errors or {},
+        status_code=status_code,
+    )
+
+
+# Registered before /{app}, which would otherwise take "new" for a uid.
+@router.get(f"{PREFIX}/applications/new")
+async def new_application_page(request: Request, _: LoggedIn) -> Response:
+    return application_form(request)
+
+
+@router.get(f"{PREFIX}/applications/{{app}}")
+async def application_page(
+    app: AppRef, request: Request, _: LoggedIn, notice: Notice = None
+) -> Response:
+    res = from_request(request)
+    async with res.sessions() as db:
+        found = await resolve_application(db, app)  # NotFound when deleted or unknown
+    # The rest is read in the application's own session: the tenancy hook sees to it that
+    # no other application's subscription, key or attempt can show up here.
+    async with Tenant(res.sessions, found.id, operator=True).session() as db:
+        subs = await page_subscriptions(db, None, APPLICATION_ROWS)
+        keys = await list_keys(db, None, APPLICATION_ROWS)
+        attempts = await queries.application_attempts(db, found.id, RECENT_ATTEMPTS)
+        counts = await queries.subscription_counts(db, [found.id])
+    return render(
+        request,
+        "application.html",
+        app=found,
+        metadata=json.dumps(found.metadata_, indent=2, ensure_ascii=False),
+        subscriptions=subs[:APPLICATION_ROWS],
+        subscription_count=counts.get(found.id, 0),
+        keys=keys[:APPLICATION_ROWS],
+        more_keys=len(keys) > APPLICATION_ROWS,
+        limit=APPLICATION_ROWS,
+        attempts=attempts,
+        now=datetime.now(UTC),
+        notice=notice_text(notice),
+    )
 
 
 # --- deliveries ---------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Read models only the dashboard needs; everything else comes from the API's service layer.
 
 Each query is bounded: by a time window over the (created_at, status) or
-(subscription_id, created_at) index, or by a page of subscriptions.
+(subscription_id, created_at) index, by a page of subscriptions or applications, or by a
+row limit over the (application_id, created_at) index.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.breaker import BreakerState, breaker_key, target_of
 from shared.logging import get_logger
-from shared.models import AttemptStatus, DeliveryAttempt, Subscription
+from shared.models import Application, AttemptStatus, DeliveryAttempt, Subscription
 
 log = get_logger("ingest.ui")
 
@@ -76,6 +77,43 @@ async def subscription_health(
 
 async def count_subscriptions(session: AsyncSession) -> int:
     return int((await session.execute(select(func.count()).select_from(Subscription))).scalar_one())
+
+
+async def subscription_counts(
+    session: AsyncSession, application_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """How many subscriptions (active or not) each of ``application_ids`` (a page) has."""
+    if not application_ids:
+        return {}
+    rows = await session.execute(
+        select(Subscription.application_id, func.count())
+        .where(Subscription.application_id.in_(application_ids))
+        .group_by(Subscription.application_id)
+    )
+    return {app_id: int(n) for app_id, n in rows.all()}
+
+
+async def applications_by_id(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Application]:
+    """The applications of a page of subscriptions, deleted ones included (the page says so)."""
+    if not ids:
+        return {}
+    rows = await session.execute(select(Application).where(Application.id.in_(ids)))
+    return {app.id: app for app in rows.scalars().all()}
+
+
+async def application_attempts(
+    session: AsyncSession, application_id: uuid.UUID, limit: int
+) -> Sequence[DeliveryAttempt]:
+    """The latest ``limit`` attempts of one application's deliveries, newest first."""
+    query = (
+        select(DeliveryAttempt)
+        .where(DeliveryAttempt.application_id == application_id)
+        .order_by(DeliveryAttempt.created_at.desc(), DeliveryAttempt.id.desc())
+        .limit(limit)
+    )
+    return (await session.execute(query)).scalars().all()
 
 
 async def deactivated_subscriptions(session: AsyncSession) -> Sequence[Subscription]:
