@@ -117,7 +117,9 @@ class Event(Tenanted, Base):
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     content_type: Mapped[str] = mapped_column(String(255))
     body: Mapped[bytes] = mapped_column(LargeBinary)
-    application_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    application_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, server_default=str(DEFAULT_APPLICATION_ID)
+    )
 
 
 class DeliveryAttempt(Tenanted, Base):
@@ -152,7 +154,9 @@ class DeliveryAttempt(Tenanted, Base):
     # Who caused the attempt series: "ingest", "manual-retry", "replay".
     trigger: Mapped[str] = mapped_column(String(32), default="ingest", server_default="ingest")
     first_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    application_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    application_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, server_default=str(DEFAULT_APPLICATION_ID)
+    )
 
 
 # Columns in COPY order for the attempt writer (batched inserts on the hot path).

@@ -62,10 +62,15 @@ def upgrade() -> None:
         "ON subscriptions (application_id, created_at DESC, id DESC)"
     )
     # History is scoped by a column of its own, not by a join to subscriptions: deleting
-    # a subscription keeps its attempts readable, by its application too.
+    # a subscription keeps its attempts readable, by its application too. A constant
+    # default is metadata only in PostgreSQL 11+ (no table rewrite, however many rows),
+    # marks every existing row as the default application's, and covers rows that a
+    # dispatcher of the previous release writes while the services roll.
     for table in ("events", "delivery_attempts"):
-        op.execute(f"ALTER TABLE {table} ADD COLUMN application_id uuid")
-        op.execute(f"UPDATE {table} SET application_id = '{DEFAULT_APPLICATION_ID}'")  # noqa: S608
+        op.execute(
+            f"ALTER TABLE {table} ADD COLUMN application_id uuid NOT NULL "
+            f"DEFAULT '{DEFAULT_APPLICATION_ID}'"
+        )
     op.execute(
         "CREATE INDEX ix_attempts_application ON delivery_attempts (application_id, created_at)"
     )
