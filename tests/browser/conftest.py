@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -128,3 +130,23 @@ async def browser_login(page: Page, api_key: str) -> None:
     await page.fill("#api_key", api_key)
     await page.click("button[type=submit]:has-text('Log in')")
     await page.wait_for_url("**/ui")
+
+
+async def send(ingest: IngestServer, sub_id: str, body: bytes, event_type: str) -> uuid.UUID:
+    async with httpx.AsyncClient(base_url=ingest.url, timeout=15) as client:
+        r = await client.post(
+            f"/ingest/{sub_id}",
+            content=body,
+            headers={"content-type": "application/json", "x-webhook-event": event_type},
+        )
+    assert r.status_code == 202, r.text
+    return uuid.UUID(r.json()["delivery_id"])
+
+
+async def reload_until(page: Page, selector: str, timeout: float = 30) -> None:
+    """Attempt rows are written after the target answered: reload until one shows."""
+    deadline = time.monotonic() + timeout
+    while await page.locator(selector).count() == 0:
+        assert time.monotonic() < deadline, f"{selector} never appeared on {page.url}"
+        await page.wait_for_timeout(300)
+        await page.reload()

@@ -21,7 +21,7 @@ from sqlalchemy import insert
 from shared.db import make_engine, make_sessionmaker
 from shared.models import DeliveryAttempt, Event
 from shared.records import delivery_id_for
-from tests.browser.conftest import browser_login, screenshot
+from tests.browser.conftest import browser_login, reload_until, screenshot, send
 from tests.support.broker import IngestServer
 from tests.support.procs import ServiceProcess
 from tests.support.stack import IsolatedStack
@@ -38,26 +38,6 @@ XSS_RESPONSE = b"<script>alert(3)</script><b>bold?</b>"
 async def target() -> AsyncIterator[TargetServer]:
     async with TargetServer() as server:
         yield server
-
-
-async def send(ingest: IngestServer, sub_id: str, body: bytes, event_type: str) -> uuid.UUID:
-    async with httpx.AsyncClient(base_url=ingest.url, timeout=15) as client:
-        r = await client.post(
-            f"/ingest/{sub_id}",
-            content=body,
-            headers={"content-type": "application/json", "x-webhook-event": event_type},
-        )
-    assert r.status_code == 202, r.text
-    return uuid.UUID(r.json()["delivery_id"])
-
-
-async def reload_until(page: Page, selector: str, timeout: float = 30) -> None:
-    """Attempt rows are written after the target answered: reload until one shows."""
-    deadline = time.monotonic() + timeout
-    while await page.locator(selector).count() == 0:
-        assert time.monotonic() < deadline, f"{selector} never appeared on {page.url}"
-        await page.wait_for_timeout(300)
-        await page.reload()
 
 
 def no_dialogs(page: Page) -> list[str]:
