@@ -60,7 +60,13 @@ class Settings(BaseSettings):
     idempotency_ttl: timedelta = timedelta(hours=24)
     # 2xx means the broker acked; past this bound ingest answers 503 instead of waiting.
     publish_timeout: float = Field(5.0, gt=0)
-    subscription_cache_ttl: float = Field(5.0, ge=0)
+    # Seconds between polls of the subscription change log (the consistency pass behind
+    # the pub/sub push): a lost message costs at most this much staleness.
+    subscription_cache_ttl: float = Field(1.0, gt=0)
+    # Subscriptions a process keeps in memory by id, and in application indexes for
+    # fan-out (each ~0.5 KB); past them the least recently used go (shared/subscriptions.py).
+    subscription_cache_ids: int = Field(100_000, ge=1)
+    subscription_cache_app_views: int = Field(100_000, ge=1)
 
     # --- topics ----------------------------------------------------------------------
     topic_prefix: str = Field("hookstream", pattern=r"^[A-Za-z0-9._-]+$")

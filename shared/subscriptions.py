@@ -1,33 +1,45 @@
-"""Subscription cache shared by ingest and the dispatcher.
+"""Subscriptions as the hot paths see them: a bounded cache, kept current row by row.
 
-The hot paths (ingest's signature check, fan-out's matching) read an in-process snapshot
-of every subscription instead of querying PostgreSQL per request. The snapshot is reloaded
+Ingest's signature check and the dispatcher's fan-out read subscriptions on every request
+and event, so they read memory, not PostgreSQL. What a process holds is bounded and
+follows what it uses, not the size of the table (1,000,000 subscriptions in 100,000
+applications must not cost a process a copy of them all):
 
-- at once when any process announces a change on Redis pub/sub (``notify_changed``), so a
-  change is visible everywhere well within a second, and
-- every ``ttl`` seconds regardless, so a missed message (Redis down) heals by itself.
+- **by id** (targeted ingest, the delivery stage): an LRU of ``MAX_IDS`` views; a miss
+  is one indexed query, and unknown ids are remembered (bounded) so a flood of random ids
+  cannot become a query flood.
+- **by application** (fan-out): an application's active subscriptions, indexed by event
+  type plus its every-type ones, loaded whole on its first event (one indexed query) and
+  kept in an LRU bounded by ``MAX_APP_VIEWS`` views in all. Matching an event costs what
+  it matches. Why per application: fan-out needs every subscription of one application
+  and none of the others, so that is the unit to load and to evict; an application with
+  more subscriptions than the bound is still served, it is just not kept.
 
-Fan-out reads an index by application and event type (``FanOutIndex``), so matching an
-event costs what it matches, not what other applications hold.
-
-A lookup of an id the snapshot lacks falls through to one PostgreSQL query (the
-subscription may have been created a moment ago in another process); misses are
-remembered until the next reload so unknown ids cannot turn into a query flood.
+Changes (``subscription_changes``): a trigger on ``subscriptions`` (migration 0003) logs
+the id of every inserted, deleted or changed row with the id of its transaction. Each
+process polls that log from a watermark: the oldest transaction still running when it
+last polled (``pg_snapshot_xmin``), so a change committed late by a long transaction is
+read on a later poll instead of skipped. For each id it holds, it re-reads that one row
+and applies it; ids it does not hold cost nothing. A poll runs at once when any process
+announces a change on Redis pub/sub (``notify_changed``), and every ``poll_interval``
+seconds regardless: the consistency pass that heals a lost message, at the price of one
+indexed query. Polling never reads the subscriptions table as a whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.logging import get_logger
@@ -36,9 +48,27 @@ from shared.models import DEFAULT_APPLICATION_ID, Subscription
 
 log = get_logger("subscriptions")
 
-# Unknown ids remembered between reloads. Each costs ~100 bytes; 100k caps it at ~10 MB
-# while a flood of random ids still hits PostgreSQL at most once per id per reload.
+# Views kept by id. A view is ~0.5 KB with its strings: 100,000 is ~50 MB at most.
+MAX_IDS = 100_000
+# Views kept in application indexes, all applications together (~50 MB at most).
+MAX_APP_VIEWS = 100_000
+# Unknown ids remembered between changes; each costs ~100 bytes.
 MAX_REMEMBERED_MISSES = 100_000
+# Changes remembered so that a load racing a poll can be corrected (see _settle). At 50
+# changes/s that is over three minutes of them, far longer than any load takes.
+RECENT_CHANGES = 10_000
+
+# One statement, one snapshot: every transaction older than its xmin has ended, so the
+# next poll can start there and still see what commits after this one read the log.
+_POLL = text(
+    """
+    WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+    SELECT snap.xmin::text AS xmin, c.subscription_id, c.application_id
+    FROM snap
+    LEFT JOIN subscription_changes c ON c.txid >= CAST(CAST(:since AS text) AS xid8)
+    """
+)
+_XMIN = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,33 +98,45 @@ class SubscriptionView:
         )
 
 
-# One application's active subscriptions: by event type, and those that take every type.
-_AppEntry = tuple[dict[str, list[SubscriptionView]], list[SubscriptionView]]
+class AppIndex:
+    """One application's active subscriptions: by event type, and those taking every type."""
 
+    __slots__ = ("by_type", "every", "views")
 
-class FanOutIndex:
-    """Active subscriptions by application, then by event type (plus each application's
-    every-type subscriptions): ``matching`` touches only what it returns."""
-
-    __slots__ = ("_by_app",)
-
-    def __init__(self, views: Iterable[SubscriptionView]) -> None:
-        self._by_app: dict[uuid.UUID, _AppEntry] = {}
+    def __init__(self, views: Iterable[SubscriptionView] = ()) -> None:
+        self.views: dict[uuid.UUID, SubscriptionView] = {}
+        self.by_type: dict[str, dict[uuid.UUID, SubscriptionView]] = {}
+        self.every: dict[uuid.UUID, SubscriptionView] = {}
         for view in views:
-            if not view.is_active:
-                continue
-            by_type, every = self._by_app.setdefault(view.application_id, ({}, []))
-            if not view.event_types:
-                every.append(view)
-            for event_type in view.event_types:
-                by_type.setdefault(event_type, []).append(view)
+            self.put(view)
 
-    def matching(self, application_id: uuid.UUID, event_type: str) -> list[SubscriptionView]:
-        entry = self._by_app.get(application_id)
-        if entry is None:
-            return []
-        by_type, every = entry
-        return [*by_type.get(event_type, ()), *every]
+    def put(self, view: SubscriptionView) -> None:
+        self.drop(view.id)
+        if not view.is_active:
+            return
+        self.views[view.id] = view
+        if not view.event_types:
+            self.every[view.id] = view
+        for event_type in view.event_types:
+            self.by_type.setdefault(event_type, {})[view.id] = view
+
+    def drop(self, subscription_id: uuid.UUID) -> None:
+        old = self.views.pop(subscription_id, None)
+        if old is None:
+            return
+        self.every.pop(subscription_id, None)
+        for event_type in old.event_types:
+            of_type = self.by_type.get(event_type)
+            if of_type is not None:
+                of_type.pop(subscription_id, None)
+                if not of_type:
+                    del self.by_type[event_type]
+
+    def matching(self, event_type: str) -> list[SubscriptionView]:
+        return [*self.by_type.get(event_type, {}).values(), *self.every.values()]
+
+    def __len__(self) -> int:
+        return len(self.views)
 
 
 def change_channel(topic_prefix: str) -> str:
@@ -102,11 +144,12 @@ def change_channel(topic_prefix: str) -> str:
 
 
 async def notify_changed(redis: Redis, topic_prefix: str, subscription_id: uuid.UUID) -> None:
-    """Tell every cache to reload. Best effort: the TTL reload covers a lost message."""
+    """Tell every process to poll the change log now. Best effort: the periodic poll
+    covers a lost message."""
     try:
         await redis.publish(change_channel(topic_prefix), str(subscription_id))
     except (RedisError, OSError) as exc:
-        log.warning("cache invalidation not published", error=str(exc))
+        log.warning("subscription change not announced", error=str(exc))
 
 
 class SubscriptionCache:
@@ -115,23 +158,41 @@ class SubscriptionCache:
         sessions: async_sessionmaker[AsyncSession],
         redis: Redis | None,
         topic_prefix: str,
-        ttl: float = 5.0,
+        poll_interval: float = 1.0,
+        *,
+        max_ids: int = MAX_IDS,
+        max_app_views: int = MAX_APP_VIEWS,
     ) -> None:
         self._sessions = sessions
         self._redis = redis
         self._channel = change_channel(topic_prefix)
-        self._ttl = ttl
-        self._by_id: dict[uuid.UUID, SubscriptionView] = {}
-        self._index = FanOutIndex(())
-        self._misses: set[uuid.UUID] = set()
-        self._reload_now = asyncio.Event()
+        self._interval = poll_interval
+        self._max_ids = max_ids
+        self._max_app_views = max_app_views
+        self._by_id: collections.OrderedDict[uuid.UUID, SubscriptionView] = (
+            collections.OrderedDict()
+        )
+        self._misses: dict[uuid.UUID, None] = {}
+        self._apps: collections.OrderedDict[uuid.UUID, AppIndex] = collections.OrderedDict()
+        self._app_views = 0
+        self._loading: dict[uuid.UUID, asyncio.Future[AppIndex]] = {}
+        # Poll state: the watermark, a generation per poll, and the recent changes.
+        self._since: str | None = None
+        self._generation = 0
+        self._recent: collections.deque[tuple[int, uuid.UUID, uuid.UUID]] = collections.deque(
+            maxlen=RECENT_CHANGES
+        )
+        self._poll_now = asyncio.Event()
+        self._polling = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.reload()
-        self._spawn(self._refresher())
+        async with self._sessions() as session:
+            self._since = (await session.execute(_XMIN)).scalar_one()
+        SUBSCRIPTIONS_LOADED.set(time.time())
+        self._spawn(self._poller())
         if self._redis is not None:
             self._spawn(self._listener())
 
@@ -152,54 +213,173 @@ class SubscriptionCache:
 
     async def get(self, subscription_id: uuid.UUID) -> SubscriptionView | None:
         view = self._by_id.get(subscription_id)
-        if view is not None or subscription_id in self._misses:
+        if view is not None:
+            self._by_id.move_to_end(subscription_id)
             return view
-        async with self._sessions() as session:
-            sub = await session.get(Subscription, subscription_id)
-        if sub is None:
+        if subscription_id in self._misses:
+            return None
+        generation = self._generation
+        found = await self._read([subscription_id])
+        view = found.get(subscription_id)
+        if self._changed_since(generation, {subscription_id}):
+            return view  # a change raced the read: answer, but do not keep it
+        if view is None:
             if len(self._misses) >= MAX_REMEMBERED_MISSES:
                 self._misses.clear()  # a flood of random ids must not grow memory
-            self._misses.add(subscription_id)
-            return None
-        view = SubscriptionView.of(sub)
-        self._by_id[subscription_id] = view
+            self._misses[subscription_id] = None
+        else:
+            self._keep(view)
         return view
 
-    def matching(self, application_id: uuid.UUID, event_type: str) -> list[SubscriptionView]:
+    async def matching(self, application_id: uuid.UUID, event_type: str) -> list[SubscriptionView]:
         """Every active subscription of the application that wants ``event_type`` (fan-out)."""
-        return self._index.matching(application_id, event_type)
+        index = self._apps.get(application_id)
+        if index is not None:
+            self._apps.move_to_end(application_id)
+        else:
+            index = await self._load_app(application_id)
+        return index.matching(event_type)
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        """Views held: by id and in application indexes."""
+        return len(self._by_id) + self._app_views
 
-    # --- refresh --------------------------------------------------------------------
+    # --- loading --------------------------------------------------------------------
 
-    async def reload(self) -> None:
-        # Every change committed before this moment is in the snapshot: the gauge lets
-        # an operator (or a test) see how stale a process's view can be.
-        began = time.time()
+    async def _read(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, SubscriptionView]:
         async with self._sessions() as session:
-            subs: Iterable[Subscription] = (await session.execute(select(Subscription))).scalars()
-            snapshot = {s.id: SubscriptionView.of(s) for s in subs}
-        self._by_id = snapshot
-        self._index = FanOutIndex(snapshot.values())
-        self._misses = set()
-        SUBSCRIPTIONS_LOADED.set(began)
+            rows = (
+                await session.execute(select(Subscription).where(Subscription.id.in_(ids)))
+            ).scalars()
+            return {row.id: SubscriptionView.of(row) for row in rows}
+
+    def _keep(self, view: SubscriptionView) -> None:
+        self._by_id[view.id] = view
+        self._by_id.move_to_end(view.id)
+        self._misses.pop(view.id, None)
+        while len(self._by_id) > self._max_ids:
+            self._by_id.popitem(last=False)
+
+    async def _load_app(self, application_id: uuid.UUID) -> AppIndex:
+        pending = self._loading.get(application_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[AppIndex] = asyncio.get_running_loop().create_future()
+        self._loading[application_id] = future
+        try:
+            index = await self._read_app(application_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            self._loading.pop(application_id, None)
+        future.set_result(index)
+        return index
+
+    async def _read_app(self, application_id: uuid.UUID) -> AppIndex:
+        generation = self._generation
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Subscription).where(
+                        Subscription.application_id == application_id, Subscription.is_active
+                    )
+                )
+            ).scalars()
+            index = AppIndex(SubscriptionView.of(row) for row in rows)
+        await self._settle(index, application_id, generation)
+        if len(index) <= self._max_app_views:
+            self._apps[application_id] = index
+            self._app_views += len(index)
+            self._evict_apps(keep=application_id)
+        return index
+
+    async def _settle(self, index: AppIndex, application_id: uuid.UUID, generation: int) -> None:
+        """Re-read rows of this application that a poll saw change while it loaded: the
+        load's snapshot may predate them, and the poll skipped an application not yet held."""
+        raced = {
+            sid for gen, sid, aid in self._recent if gen >= generation and aid == application_id
+        }
+        if not raced:
+            return
+        found = await self._read(sorted(raced))
+        for sid in raced:
+            view = found.get(sid)
+            if view is None:
+                index.drop(sid)
+            else:
+                index.put(view)
+
+    def _evict_apps(self, keep: uuid.UUID) -> None:
+        while self._app_views > self._max_app_views and len(self._apps) > 1:
+            oldest = next(iter(self._apps))
+            if oldest == keep:
+                self._apps.move_to_end(oldest)
+                continue
+            self._app_views -= len(self._apps.pop(oldest))
+
+    def _changed_since(self, generation: int, ids: set[uuid.UUID]) -> bool:
+        return any(gen >= generation and sid in ids for gen, sid, _ in self._recent)
+
+    # --- changes --------------------------------------------------------------------
 
     def invalidate(self) -> None:
-        """Reload soon (used by the process that made the change, and by the listener)."""
-        self._misses = set()
-        self._reload_now.set()
+        """Poll the change log soon (the listener, and processes that made a change)."""
+        self._poll_now.set()
 
-    async def _refresher(self) -> None:
+    async def refresh(self) -> None:
+        """Poll the change log now and apply it: a change committed before this call is
+        visible when it returns (the process that made a change calls it before answering)."""
+        async with self._polling:
+            await self._poll()
+
+    async def _poll(self) -> None:
+        began = time.time()
+        self._generation += 1
+        generation = self._generation
+        async with self._sessions() as session:
+            rows = (await session.execute(_POLL, {"since": self._since})).all()
+        changed: dict[uuid.UUID, uuid.UUID] = {}
+        for xmin, subscription_id, application_id in rows:
+            self._since = xmin
+            if subscription_id is not None:
+                changed[subscription_id] = application_id
+        for sid, aid in changed.items():
+            self._recent.append((generation, sid, aid))
+            self._misses.pop(sid, None)
+        held = [sid for sid, aid in changed.items() if sid in self._by_id or aid in self._apps]
+        found = await self._read(held) if held else {}
+        for sid in held:
+            self._apply(sid, changed[sid], found.get(sid))
+        SUBSCRIPTIONS_LOADED.set(began)
+
+    def _apply(
+        self, subscription_id: uuid.UUID, application_id: uuid.UUID, view: SubscriptionView | None
+    ) -> None:
+        if subscription_id in self._by_id:
+            if view is None:
+                del self._by_id[subscription_id]
+            else:
+                self._by_id[subscription_id] = view
+        index = self._apps.get(application_id)
+        if index is not None:
+            before = len(index)
+            if view is None:
+                index.drop(subscription_id)
+            else:
+                index.put(view)
+            self._app_views += len(index) - before
+
+    async def _poller(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_now.wait(), self._ttl)
-            self._reload_now.clear()
+                await asyncio.wait_for(self._poll_now.wait(), self._interval)
+            self._poll_now.clear()
             try:
-                await self.reload()
-            except Exception as exc:  # keep serving the last snapshot; retry next tick
-                log.warning("subscription reload failed", error=str(exc))
+                await self.refresh()
+            except Exception as exc:  # keep serving what we hold; the next tick retries
+                log.warning("subscription changes not polled", error=str(exc))
 
     async def _listener(self) -> None:
         assert self._redis is not None
@@ -209,7 +389,7 @@ class SubscriptionCache:
             try:
                 await pubsub.subscribe(self._channel)
                 backoff = 0.5
-                # A message published while we were disconnected was lost: reload once.
+                # A message published while we were disconnected was lost: poll once.
                 self.invalidate()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)

@@ -117,7 +117,7 @@ class FanOutStage:
                 assert sub is not None
                 targets: Sequence[SubscriptionView] = (sub,)
             else:
-                targets = self.cache.matching(event.application_id, event.event_type)
+                targets = await self.cache.matching(event.application_id, event.event_type)
                 log.debug("fanned out", event_id=str(event.event_id), jobs=len(targets))
             for target in targets:
                 job = DeliveryJob.for_event(event, target.id)

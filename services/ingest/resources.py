@@ -60,7 +60,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await producer.start()
         stack.push_async_callback(producer.stop)
         cache = SubscriptionCache(
-            sessions, redis, settings.topic_prefix, ttl=settings.subscription_cache_ttl
+            sessions,
+            redis,
+            settings.topic_prefix,
+            settings.subscription_cache_ttl,
+            max_ids=settings.subscription_cache_ids,
+            max_app_views=settings.subscription_cache_app_views,
         )
         await cache.start()
         stack.push_async_callback(cache.stop)

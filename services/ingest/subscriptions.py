@@ -5,7 +5,7 @@ caller's tenant session (``tenancy.py``): an application's key sees and changes 
 own subscriptions, and the flat routes create in the ``default`` application for the
 operator. After a change is
 committed, every process's cache is told (Redis pub/sub, ``shared.subscriptions``) and this
-process's own cache is reloaded before answering, so a client that changes a subscription
+process's own cache applies it before answering, so a client that changes a subscription
 and then sends a webhook sees its change.
 """
 
@@ -166,11 +166,10 @@ async def delete_subscription(session: AsyncSession, subscription_id: uuid.UUID)
 async def announce_change(res: Resources, subscription_id: uuid.UUID) -> None:
     """After commit: tell every process, and refresh this one's cache before answering."""
     await notify_changed(res.redis, res.settings.topic_prefix, subscription_id)
-    res.cache.invalidate()
     try:
-        await res.cache.reload()
-    except Exception as exc:  # the refresher retries; the change is committed either way
-        log.warning("subscription cache reload failed", error=type(exc).__name__)
+        await res.cache.refresh()
+    except Exception as exc:  # the poller retries; the change is committed either way
+        log.warning("subscription cache refresh failed", error=type(exc).__name__)
 
 
 def _unique(event_types: Sequence[str]) -> list[str]:

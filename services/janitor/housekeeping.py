@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -18,6 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.janitor.cache_keys import KeyCount, count_keys
 from services.janitor.retention import TableReport, enforce_retention
 from shared.settings import Settings
+
+# The subscription change log only serves processes polling it (shared/subscriptions.py),
+# which read what is newer than their last poll, a second or so back; an hour of it is
+# plenty even for a process that was paused, and keeps the table small.
+CHANGE_LOG_KEPT = timedelta(hours=1)
 
 # Session-level advisory lock key, fixed for every janitor on a database: the ASCII bytes
 # of "hookjani" read as a signed 64-bit integer.
@@ -30,6 +35,7 @@ class JanitorReport:
     now: datetime | None = None
     retention_hours: int | None = None
     tables: dict[str, TableReport] = field(default_factory=dict)
+    changes_pruned: int = 0
     redis_keys: dict[str, KeyCount] | None = None
     seconds: float = 0.0
 
@@ -40,6 +46,7 @@ class JanitorReport:
             "now": self.now.isoformat() if self.now else None,
             "retention_hours": self.retention_hours,
             "tables": {name: t.as_dict() for name, t in self.tables.items()},
+            "subscription_changes_pruned": self.changes_pruned,
             "redis_keys": (
                 {n: {"count": k.count, "complete": k.complete} for n, k in self.redis_keys.items()}
                 if self.redis_keys is not None
@@ -66,15 +73,29 @@ async def run_once(
             if now is None:
                 now = await _db_now(conn)
             tables = await enforce_retention(conn, settings, now)
+            pruned = await _prune_changes(conn, now)
         finally:
             await _unlock(conn)
     report = JanitorReport(
-        skipped=False, now=now, retention_hours=settings.retention_hours, tables=tables
+        skipped=False,
+        now=now,
+        retention_hours=settings.retention_hours,
+        tables=tables,
+        changes_pruned=pruned,
     )
     if redis is not None:
         report.redis_keys = await count_keys(redis)
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _prune_changes(conn: AsyncConnection, now: datetime) -> int:
+    async with conn.begin():
+        result = await conn.execute(
+            text("DELETE FROM subscription_changes WHERE changed_at < :cutoff"),
+            {"cutoff": now - CHANGE_LOG_KEPT},
+        )
+        return int(result.rowcount)
 
 
 async def _db_now(conn: AsyncConnection) -> datetime:

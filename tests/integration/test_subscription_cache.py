@@ -1,0 +1,177 @@
+"""The subscription cache on the real database: lazy loads, the change log, its watermark,
+and the bounds on what a process holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db import make_sessionmaker
+from shared.redis import make_redis
+from shared.settings import Settings
+from shared.subscriptions import SubscriptionCache, notify_changed
+
+POLL = 0.3
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return make_sessionmaker(engine)
+
+
+async def add_app(engine: AsyncEngine) -> uuid.UUID:
+    app = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO applications (id, name) VALUES (:id, 'cache test')"), {"id": app}
+        )
+    return app
+
+
+async def add_sub(engine: AsyncEngine, app: uuid.UUID, types: list[str]) -> uuid.UUID:
+    sid = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO subscriptions (id, application_id, target_url, event_types)"
+                " VALUES (:id, :app, 'https://e.example/', :types)"
+            ),
+            {"id": sid, "app": app, "types": types},
+        )
+    return sid
+
+
+async def set_types(engine: AsyncEngine, sid: uuid.UUID, types: list[str]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE subscriptions SET event_types = :t WHERE id = :id"),
+            {"t": types, "id": sid},
+        )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> float:
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < within, f"not seen within {within} s"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+async def cache(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[SubscriptionCache]:
+    """No Redis: every change must come through the periodic poll of the change log, as
+    when a pub/sub message is lost."""
+    cache = SubscriptionCache(sessions, None, "unit", POLL)
+    await cache.start()
+    yield cache
+    await cache.stop()
+
+
+async def test_a_lost_message_is_healed_by_the_poll(
+    cache: SubscriptionCache, engine: AsyncEngine
+) -> None:
+    app = await add_app(engine)
+    sid = await add_sub(engine, app, ["a"])
+    assert [v.id for v in await cache.matching(app, "a")] == [sid]
+    assert await cache.get(sid) is not None
+
+    await set_types(engine, sid, ["b"])  # nobody announces it
+
+    async def moved() -> bool:
+        return [v.id for v in await cache.matching(app, "b")] == [sid] and not (
+            await cache.matching(app, "a")
+        )
+
+    await eventually(moved, within=POLL + 1)
+    view = await cache.get(sid)
+    assert view is not None
+    assert view.event_types == frozenset({"b"})
+
+    added = await add_sub(engine, app, [])
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM subscriptions WHERE id = :id"), {"id": sid})
+
+    async def both() -> bool:
+        return [v.id for v in await cache.matching(app, "b")] == [added]
+
+    await eventually(both, within=POLL + 1)
+    assert await cache.get(sid) is None
+
+
+async def test_a_change_committed_late_by_a_long_transaction_is_not_skipped(
+    cache: SubscriptionCache, engine: AsyncEngine
+) -> None:
+    """The watermark is the oldest running transaction, not the newest change seen: a
+    transaction that began before a poll and commits after it is still read."""
+    app = await add_app(engine)
+    slow_sub = await add_sub(engine, app, ["a"])
+    quick_sub = await add_sub(engine, app, ["a"])
+    assert len(await cache.matching(app, "a")) == 2
+    async with engine.connect() as slow:
+        tx = await slow.begin()
+        await slow.execute(
+            text("UPDATE subscriptions SET is_active = false WHERE id = :id"), {"id": slow_sub}
+        )
+        await set_types(engine, quick_sub, ["b"])  # a newer transaction commits first
+
+        async def quick_seen() -> bool:
+            return [v.id for v in await cache.matching(app, "a")] == [slow_sub]
+
+        await eventually(quick_seen, within=POLL + 1)
+        await cache.refresh()
+        await tx.commit()
+
+    async def slow_seen() -> bool:
+        return await cache.matching(app, "a") == []
+
+    await eventually(slow_seen, within=POLL + 1)
+
+
+async def test_what_a_process_holds_is_bounded(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    cache = SubscriptionCache(sessions, None, "unit", POLL, max_ids=5, max_app_views=6)
+    await cache.start()
+    try:
+        apps = [await add_app(engine) for _ in range(4)]
+        subs = {app: [await add_sub(engine, app, ["a"]) for _ in range(3)] for app in apps}
+        for app in apps:
+            assert {v.id for v in await cache.matching(app, "a")} == set(subs[app])
+        for ids in subs.values():
+            for sid in ids:
+                assert await cache.get(sid) is not None
+        assert len(cache) <= 5 + 6
+        # Evicted applications load again, whole and correct.
+        assert {v.id for v in await cache.matching(apps[0], "a")} == set(subs[apps[0]])
+    finally:
+        await cache.stop()
+
+
+async def test_a_change_through_redis_is_seen_well_within_a_second(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, settings: Settings
+) -> None:
+    """With the push, a slow poll does not matter: the announcement triggers one."""
+    redis = make_redis(settings)
+    cache = SubscriptionCache(sessions, redis, settings.topic_prefix, 60)
+    await cache.start()
+    try:
+        app = await add_app(engine)
+        sid = await add_sub(engine, app, ["a"])
+        assert len(await cache.matching(app, "a")) == 1
+        await asyncio.sleep(0.3)  # the listener has subscribed
+        await set_types(engine, sid, ["b"])
+        await notify_changed(redis, settings.topic_prefix, sid)
+
+        async def seen() -> bool:
+            return await cache.matching(app, "a") == []
+
+        assert await eventually(seen, within=1.0) < 1.0
+    finally:
+        await cache.stop()
+        await redis.aclose()
