@@ -8,6 +8,7 @@ reaches only its own targets, and each one's key sees only its own objects.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -360,3 +361,32 @@ async def test_events_reach_only_their_own_applications_targets(
     # (a window of its own: the 1 h answer was computed, and cached, at start-up)
     everything = (await operator.get("/status/stats", params={"window": "59m"})).json()
     assert everything["deliveries"]["total"] >= 4
+
+
+async def test_metadata_and_uids_that_cannot_be_stored_or_addressed_are_422(
+    operator: httpx.AsyncClient,
+) -> None:
+    deep: Any = "leaf"
+    for _ in range(300):
+        deep = [deep]
+    bad = [
+        b'{"name": "x", "metadata": {"s": "nul \\u0000 inside"}}',
+        b'{"name": "x", "metadata": {"f": NaN}}',
+        b'{"name": "x", "metadata": {"k\\u0000": 1}}',
+        json.dumps({"name": "x", "metadata": {"deep": deep}}).encode(),
+        b'{"name": "x", "uid": ".."}',
+        b'{"name": "x", "uid": "."}',
+    ]
+    for body in bad:
+        r = await operator.post(
+            "/applications", content=body, headers={"content-type": "application/json"}
+        )
+        assert r.status_code in (400, 422), (body[:60], r.status_code, r.text)
+    # jsonb keeps numbers of any size; they come back as sent.
+    big = 123456789012345678901234567890
+    r = await operator.post("/applications", json={"name": "ok", "metadata": {"n": big}})
+    assert r.status_code == 201
+    assert r.json()["metadata"] == {"n": big}
+    app = r.json()["id"]
+    r = await operator.patch(f"/applications/{app}", json={"metadata": {"s": "\u0000"}})
+    assert r.status_code == 422

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.ingest.schemas import _storable
 
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 16
 
 
-def _not_a_uuid(value: str) -> str:
-    # {app} in a path is an id or a uid: a uid that parses as an id would be ambiguous.
+def _path_safe(value: str) -> str:
+    """``{app}`` in a path is an id or a uid: a uid that parses as an id would be
+    ambiguous, and ``.`` or ``..`` are path segments that clients rewrite away."""
+    if set(value) == {"."}:
+        raise ValueError("must not be only dots (a URL path would drop it)")
     try:
         uuid.UUID(value)
     except ValueError:
@@ -23,8 +28,28 @@ def _not_a_uuid(value: str) -> str:
     raise ValueError("must not be a UUID (a path would read it as an application id)")
 
 
+def _storable_json(value: Any, depth: int = 0) -> None:
+    """What PostgreSQL's jsonb stores and every JSON client reads back: no NUL or lone
+    surrogate in a string, finite numbers, bounded nesting (checked before it can recurse
+    deep)."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"must nest at most {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not contain NaN or Infinity")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item, depth + 1)
+
+
 def _small(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+    _storable_json(value)
+    if len(json.dumps(value, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return value
 
@@ -38,7 +63,7 @@ Uid = Annotated[
         description="your own id for this application (e.g. your customer's id); unique",
         examples=["customer-42"],
     ),
-    AfterValidator(_not_a_uuid),
+    AfterValidator(_path_safe),
 ]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
 Metadata = Annotated[
