@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -40,13 +41,29 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, _on_signal, sig)
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Soft open-file limit up to the hard one: a dispatcher keeps thousands of sockets
+    open to slow targets, and the usual soft default (1,024) would refuse them (EMFILE)
+    long before anything else runs out. Returns (soft, hard) as now set."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep what we have; the log line says how much that is
+    return soft, hard
+
+
 def run_worker(name: str, settings: Settings, main: WorkerMain) -> None:
     configure_logging(settings, service=name)
+    soft, _ = raise_open_file_limit()
 
     async def _run() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        get_logger("runner").info("started", pid=os.getpid())
+        get_logger("runner").info("started", pid=os.getpid(), open_files=soft)
         await main(settings, stop)
         get_logger("runner").info("stopped")
 
