@@ -176,6 +176,7 @@ class SubscriptionCache:
         self._apps: collections.OrderedDict[uuid.UUID, AppIndex] = collections.OrderedDict()
         self._app_views = 0
         self._loading: dict[uuid.UUID, asyncio.Future[AppIndex]] = {}
+        self._fetching: dict[uuid.UUID, asyncio.Future[SubscriptionView | None]] = {}
         # Poll state: the watermark, a generation per poll, and the recent changes.
         self._since: str | None = None
         self._generation = 0
@@ -211,13 +212,39 @@ class SubscriptionCache:
 
     # --- reads ----------------------------------------------------------------------
 
-    async def get(self, subscription_id: uuid.UUID) -> SubscriptionView | None:
+    async def get(
+        self, subscription_id: uuid.UUID, application_id: uuid.UUID | None = None
+    ) -> SubscriptionView | None:
+        """The subscription, or None when it does not exist. ``application_id``, when the
+        caller knows it (a delivery job does), lets an application index loaded for fan-out
+        answer too."""
         view = self._by_id.get(subscription_id)
         if view is not None:
             self._by_id.move_to_end(subscription_id)
             return view
         if subscription_id in self._misses:
             return None
+        if application_id is not None:
+            index = self._apps.get(application_id)
+            if index is not None and (view := index.views.get(subscription_id)) is not None:
+                return view
+        pending = self._fetching.get(subscription_id)
+        if pending is not None:  # one query per id, however many jobs ask at once
+            return await asyncio.shield(pending)
+        future: asyncio.Future[SubscriptionView | None] = asyncio.get_running_loop().create_future()
+        self._fetching[subscription_id] = future
+        try:
+            view = await self._fetch(subscription_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            self._fetching.pop(subscription_id, None)
+        future.set_result(view)
+        return view
+
+    async def _fetch(self, subscription_id: uuid.UUID) -> SubscriptionView | None:
         generation = self._generation
         found = await self._read([subscription_id])
         view = found.get(subscription_id)

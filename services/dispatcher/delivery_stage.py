@@ -129,7 +129,7 @@ class DeliveryStage:
         IN_FLIGHT.set_function(lambda: limits.in_flight)
 
     async def run(self, job: DeliveryJob, progress: Progress) -> None:
-        sub = await self.cache.get(job.subscription_id)
+        sub = await self.cache.get(job.subscription_id, job.application_id)
         target_url = sub.target_url if sub is not None else ""
         duration_ms: int | None = None
         if sub is None:

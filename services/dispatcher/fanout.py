@@ -109,7 +109,7 @@ class FanOutStage:
         for event in events:
             durable.append(self.events.write(event))
             if event.subscription_id is not None:
-                sub = await self.cache.get(event.subscription_id)
+                sub = await self.cache.get(event.subscription_id, event.application_id)
                 reason = not_wanted_reason(sub, event.event_type)
                 if reason is not None:
                     durable.append(self._not_delivered(event, sub, reason))

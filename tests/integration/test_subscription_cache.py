@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -175,3 +176,29 @@ async def test_a_change_through_redis_is_seen_well_within_a_second(
     finally:
         await cache.stop()
         await redis.aclose()
+
+
+async def test_many_jobs_asking_for_one_cold_subscription_cost_one_query(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    opened = 0
+
+    def counting(**kw: Any) -> AsyncSession:
+        nonlocal opened
+        opened += 1
+        return sessions(**kw)
+
+    cache = SubscriptionCache(counting, None, "unit", 60)  # type: ignore[arg-type]
+    await cache.start()
+    try:
+        app = await add_app(engine)
+        sid = await add_sub(engine, app, ["a"])
+        before = opened
+        views = await asyncio.gather(*(cache.get(sid) for _ in range(200)))
+        assert {v.id for v in views if v is not None} == {sid}
+        assert opened - before == 1
+        unknown = uuid.uuid4()
+        assert set(await asyncio.gather(*(cache.get(unknown) for _ in range(50)))) == {None}
+        assert opened - before == 2
+    finally:
+        await cache.stop()
