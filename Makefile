@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)
 # Procfile commands say `python`: make it the virtualenv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv lock stack-up stack-down stack-status migrate topics run test test-faults bench lint typecheck clean browser
+.PHONY: help venv lock stack-up stack-down stack-status migrate topics run test test-faults bench bench-tools lint typecheck clean browser
 
 help:
 	@echo "make run          set up everything and run Hookstream on 127.0.0.1:8000"
@@ -85,7 +85,12 @@ test: venv stack-up browser
 test-faults: venv stack-up
 	$(BIN)/pytest -m faults -s $(PYTEST_ARGS)
 
-bench: venv stack-up migrate topics
+# wrk drives the HTTP load of bench/ingest.py, bench/delivery.py and bench/applications.py:
+# Debian's package, installed like Chromium for the browser tests.
+bench-tools:
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)
+
+bench: venv stack-up migrate topics bench-tools
 	$(BIN)/python -m bench
 
 lint: venv

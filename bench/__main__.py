@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.support.stack import IsolatedStack
 
-SECTIONS = ("ingest", "delivery", "fanout", "isolation", "janitor", "ui")
+SECTIONS = ("ingest", "delivery", "fanout", "isolation", "janitor", "ui", "applications")
 RESULTS = Path(__file__).parent / "results"
 
 

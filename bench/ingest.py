@@ -62,12 +62,14 @@ wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-hub-signature-256"] = "{signature}"
 wrk.headers["x-webhook-event"] = "invoice.payment_succeeded"
-
+"""
+# Ends every wrk script of the bench: the one line ``wrk()`` reads back.
+WRK_REPORT = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'WRKJSON {{"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, ' ..
-    '"read": %d, "write": %d, "timeout": %d, "p50_us": %d, "p99_us": %d}}\\n',
+    'WRKJSON {"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, ' ..
+    '"read": %d, "write": %d, "timeout": %d, "p50_us": %d, "p99_us": %d}\\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
@@ -141,7 +143,7 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     signature = "sha256=" + hmac.new(HMAC_KEY.encode(), BODY, hashlib.sha256).hexdigest()
     script = workdir / "ingest.lua"
-    script.write_text(LUA.format(body=json.dumps(BODY.decode()), signature=signature))
+    script.write_text(LUA.format(body=json.dumps(BODY.decode()), signature=signature) + WRK_REPORT)
 
     ours = IngestServer(stack, workdir, HOOKSTREAM_LOG_LEVEL="WARNING")
     bare_port = free_port()
