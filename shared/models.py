@@ -81,6 +81,36 @@ class ApiKey(Tenanted, Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class PortalLink(Tenanted, Base):
+    """A one-use link to an application's portal; only the token's SHA-256 is stored."""
+
+    __tablename__ = "portal_links"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("applications.id"))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebSession(Base):
+    """A browser session of the dashboard (``kind='ui'``) or of one application's portal
+    (``kind='portal'``). The cookie holds a random token; this row its SHA-256. Setting
+    ``ended_at`` (logout) ends it wherever the cookie was copied."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    kind: Mapped[str] = mapped_column(Text)
+    application_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("applications.id"))
+    csrf: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Subscription(Tenanted, Base):
     __tablename__ = "subscriptions"
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from services.ingest.applications.keys import KeyStore
 from services.ingest.idempotency import IdempotencyStore
 from services.ingest.ingestion import Ingestion
+from services.ingest.login_limit import LoginLimiter
 from services.ingest.publishing import Publisher
 from services.ingest.stats_cache import StatsCache
 from shared.db import make_engine, make_sessionmaker
@@ -45,6 +46,7 @@ class Resources:
     lag: LagProbe
     stats_cache: StatsCache
     keys: KeyStore
+    logins: LoginLimiter
 
 
 @asynccontextmanager
@@ -91,6 +93,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             lag=lag,
             stats_cache=stats_cache,
             keys=keys,
+            logins=LoginLimiter(redis, settings.topic_prefix),
         )
 
 
