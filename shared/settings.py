@@ -14,6 +14,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# scheme://host[:port]: what CSP frame-ancestors takes, and nothing that could end the
+# directive (no quotes, semicolons or spaces inside one origin).
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -104,6 +107,11 @@ class Settings(BaseSettings):
     partitions_ahead: int = Field(8, ge=1)
     janitor_interval: timedelta = timedelta(minutes=5)
 
+    # --- portal ----------------------------------------------------------------------
+    # Origins allowed to show /portal in a frame (CSP frame-ancestors), space-separated,
+    # e.g. "https://app.example.com https://admin.example.com". Unset: framing is refused.
+    portal_frame_ancestors: str | None = None
+
     # --- observability ---------------------------------------------------------------
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
@@ -126,6 +134,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return parse_duration(value)
         return value
+
+    @field_validator("portal_frame_ancestors")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for origin in value.split():
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"not an origin: {origin!r} (use scheme://host[:port], space-separated)"
+                )
+        return " ".join(value.split())
 
     @model_validator(mode="after")
     def _check_schedule(self) -> Settings:

@@ -49,7 +49,7 @@ class LoginLimiter:
             try:
                 if add:
                     pipe = self._redis.pipeline()
-                    pipe.incr(key, add)
+                    pipe.incrby(key, add)
                     pipe.expire(key, WINDOW * 2)
                     count, _ = await pipe.execute()
                     return int(count)
@@ -62,6 +62,19 @@ class LoginLimiter:
             self._local.clear()
         self._local[local_key] = self._local.get(local_key, 0) + add
         return self._local[local_key]
+
+    async def begin(self, address: str) -> None:
+        """Count an attempt before it is judged, and refuse it past the limit: counted
+        first, so a burst of concurrent guesses cannot all pass a check made before any
+        of them failed. Call ``succeeded`` when it did not fail."""
+        window, retry_after = self._window()
+        if await self._count(address, window, 1) > LIMIT:
+            raise TooManyAttempts(retry_after)
+
+    async def succeeded(self, address: str) -> None:
+        """A successful attempt does not count against the address."""
+        window, _ = self._window()
+        await self._count(address, window, -1)
 
     async def check(self, address: str) -> None:
         """Raises TooManyAttempts when this address already failed ``LIMIT`` times."""

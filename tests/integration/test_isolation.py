@@ -55,6 +55,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("patch", "/applications/{app}"): {"name": "hijacked"},
     ("post", "/applications/{app}/subscriptions"): {"target_url": "https://example.com/a-probe"},
     ("post", "/applications/{app}/api-keys"): {"name": "stolen"},
+    ("post", "/applications/{app}/portal-links"): {"expires_in": 60},
     ("post", "/tools/signature-generator"): {"payload": {}, "secret_key": "probe"},
 }
 HEADERS = {"x-webhook-event": "order.created"}
