@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.logging import get_logger
 from shared.metrics import SUBSCRIPTIONS_LOADED
 from shared.models import DEFAULT_APPLICATION_ID, Subscription
+from shared.singleflight import SingleFlight
 
 log = get_logger("subscriptions")
 
@@ -175,8 +176,9 @@ class SubscriptionCache:
         self._misses: dict[uuid.UUID, None] = {}
         self._apps: collections.OrderedDict[uuid.UUID, AppIndex] = collections.OrderedDict()
         self._app_views = 0
-        self._loading: dict[uuid.UUID, asyncio.Future[AppIndex]] = {}
-        self._fetching: dict[uuid.UUID, asyncio.Future[SubscriptionView | None]] = {}
+        # One query per cold id or application, however many requests ask at once.
+        self._loading: SingleFlight[uuid.UUID, AppIndex] = SingleFlight()
+        self._fetching: SingleFlight[uuid.UUID, SubscriptionView | None] = SingleFlight()
         # Poll state: the watermark, a generation per poll, and the recent changes.
         self._since: str | None = None
         self._generation = 0
@@ -204,6 +206,8 @@ class SubscriptionCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self._loading.close()
+        await self._fetching.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -228,21 +232,7 @@ class SubscriptionCache:
             index = self._apps.get(application_id)
             if index is not None and (view := index.views.get(subscription_id)) is not None:
                 return view
-        pending = self._fetching.get(subscription_id)
-        if pending is not None:  # one query per id, however many jobs ask at once
-            return await asyncio.shield(pending)
-        future: asyncio.Future[SubscriptionView | None] = asyncio.get_running_loop().create_future()
-        self._fetching[subscription_id] = future
-        try:
-            view = await self._fetch(subscription_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            self._fetching.pop(subscription_id, None)
-        future.set_result(view)
-        return view
+        return await self._fetching.run(subscription_id, lambda: self._fetch(subscription_id))
 
     async def _fetch(self, subscription_id: uuid.UUID) -> SubscriptionView | None:
         generation = self._generation
@@ -288,21 +278,7 @@ class SubscriptionCache:
             self._by_id.popitem(last=False)
 
     async def _load_app(self, application_id: uuid.UUID) -> AppIndex:
-        pending = self._loading.get(application_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[AppIndex] = asyncio.get_running_loop().create_future()
-        self._loading[application_id] = future
-        try:
-            index = await self._read_app(application_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            self._loading.pop(application_id, None)
-        future.set_result(index)
-        return index
+        return await self._loading.run(application_id, lambda: self._read_app(application_id))
 
     async def _read_app(self, application_id: uuid.UUID) -> AppIndex:
         generation = self._generation

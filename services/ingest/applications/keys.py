@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.logging import get_logger
 from shared.models import ApiKey, Application
+from shared.singleflight import SingleFlight
 
 log = get_logger("ingest.keys")
 
@@ -78,7 +79,7 @@ class KeyStore:
         self._sessions = sessions
         # hash → (checked at, monotonic; what PostgreSQL said: a usable key or None)
         self._checked: dict[bytes, tuple[float, ValidKey | None]] = {}
-        self._checking: dict[bytes, asyncio.Future[ValidKey | None]] = {}
+        self._checking: SingleFlight[bytes, ValidKey | None] = SingleFlight()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._touched: dict[uuid.UUID, datetime] = {}
 
@@ -108,26 +109,19 @@ class KeyStore:
         self, digest: bytes, entry: tuple[float, ValidKey | None] | None
     ) -> ValidKey | None:
         """What PostgreSQL says now, one query per key at a time."""
-        pending = self._checking.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ValidKey | None] = asyncio.get_running_loop().create_future()
-        self._checking[digest] = future
+        return await self._checking.run(digest, lambda: self._ask(digest, entry))
+
+    async def _ask(
+        self, digest: bytes, entry: tuple[float, ValidKey | None] | None
+    ) -> ValidKey | None:
         try:
             found = await self._lookup(digest)
         except Exception as exc:
             if entry is None:
-                future.set_exception(exc)
-                future.exception()  # retrieved: waiters re-raise it, nobody else must
                 raise
             log.warning("api key check failed, using the last answer", error=repr(exc))
-            found = entry[1]
-        else:
-            self._remember(digest, found)
-        finally:
-            self._checking.pop(digest, None)
-        if not future.done():
-            future.set_result(found)
+            return entry[1]
+        self._remember(digest, found)
         return found
 
     def _remember(self, digest: bytes, found: ValidKey | None) -> None:
@@ -177,3 +171,4 @@ class KeyStore:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._checking.close()
