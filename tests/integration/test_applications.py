@@ -27,15 +27,6 @@ EVENT = "order.created"
 
 
 @pytest.fixture(scope="module")
-def ingest(
-    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[IngestServer]:
-    with running_ingest(module_stack, tmp_path_factory.mktemp("ingest")) as server:
-        yield server
-    assert "Traceback" not in server.log(), server.log()[-3000:]
-
-
-@pytest.fixture(scope="module")
 def dispatcher(
     module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
@@ -46,12 +37,6 @@ def dispatcher(
         HOOKSTREAM_SUBSCRIPTION_CACHE_TTL="1",
     ) as proc:
         yield proc
-
-
-@pytest.fixture
-async def operator(ingest: IngestServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=ingest.url, timeout=15, headers=ingest.auth) as c:
-        yield c
 
 
 class Tenant:
@@ -215,7 +200,7 @@ async def test_a_key_sees_and_changes_only_its_own_application(
 
 
 async def test_keys_are_listed_without_the_key_and_never_logged(
-    operator: httpx.AsyncClient, tenants: tuple[Tenant, Tenant], ingest: IngestServer
+    operator: httpx.AsyncClient, tenants: tuple[Tenant, Tenant], module_ingest: IngestServer
 ) -> None:
     a, _ = tenants
     await a.client.get("/subscriptions/")  # used once: last_used_at is set
@@ -236,7 +221,7 @@ async def test_keys_are_listed_without_the_key_and_never_logged(
     ] is None:
         assert time.monotonic() < deadline, "last use never recorded"
         await asyncio.sleep(0.05)
-    assert a.key["key"] not in ingest.log()
+    assert a.key["key"] not in module_ingest.log()
 
 
 async def test_expired_keys_are_refused(operator: httpx.AsyncClient) -> None:

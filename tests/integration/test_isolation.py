@@ -24,7 +24,7 @@ from sqlalchemy import delete, select, text, update
 from services.ingest.tenancy import Tenant
 from shared.db import make_engine, make_sessionmaker
 from shared.models import Application, Subscription
-from tests.support.broker import IngestServer, running_ingest
+from tests.support.broker import IngestServer
 from tests.support.stack import IsolatedStack
 
 # Authenticated by a subscription's signature or by nothing: not a tenancy question.
@@ -59,15 +59,6 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/tools/signature-generator"): {"payload": {}, "secret_key": "probe"},
 }
 HEADERS = {"x-webhook-event": "order.created"}
-
-
-@pytest.fixture(scope="module")
-def ingest(
-    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[IngestServer]:
-    with running_ingest(module_stack, tmp_path_factory.mktemp("ingest")) as server:
-        yield server
-    assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
 class Objects:
@@ -144,9 +135,11 @@ def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
 
 
 async def test_no_route_shows_or_changes_another_applications_objects(
-    ingest: IngestServer, module_stack: IsolatedStack
+    module_ingest: IngestServer, module_stack: IsolatedStack
 ) -> None:
-    async with httpx.AsyncClient(base_url=ingest.url, timeout=15, headers=ingest.auth) as op:
+    async with httpx.AsyncClient(
+        base_url=module_ingest.url, timeout=15, headers=module_ingest.auth
+    ) as op:
         a = await make_application(op, "alpha")
         b = await make_application(op, "beta")
         await add_history(module_stack, b)
@@ -156,7 +149,7 @@ async def test_no_route_shows_or_changes_another_applications_objects(
     uncovered = []
     leaks = []
     headers = {"Authorization": f"Bearer {a.key}", **HEADERS}
-    async with httpx.AsyncClient(base_url=ingest.url, timeout=15, headers=headers) as client:
+    async with httpx.AsyncClient(base_url=module_ingest.url, timeout=15, headers=headers) as client:
         for method, path, op in operations(spec):
             name = f"{method.upper()} {path}"
             if (method, path) in PUBLIC:
@@ -203,7 +196,7 @@ async def test_no_route_shows_or_changes_another_applications_objects(
 
     # Nothing of B's changed: its key, subscription and application still work.
     async with httpx.AsyncClient(
-        base_url=ingest.url, timeout=15, headers={"Authorization": f"Bearer {b.key}"}
+        base_url=module_ingest.url, timeout=15, headers={"Authorization": f"Bearer {b.key}"}
     ) as bc:
         sub = (await bc.get(f"/subscriptions/{b.ids['subscription_id']}")).json()
         assert sub["is_active"] is True
@@ -212,8 +205,8 @@ async def test_no_route_shows_or_changes_another_applications_objects(
         assert app["name"] == "beta corp"
         keys = (await bc.get(f"/applications/{b.ids['app']}/api-keys")).json()["data"]
         assert [k["id"] for k in keys] == [b.ids["key_id"]]
-    assert a.key not in ingest.log()
-    assert b.key not in ingest.log()
+    assert a.key not in module_ingest.log()
+    assert b.key not in module_ingest.log()
 
 
 async def test_a_tenant_session_neither_reads_nor_writes_another_applications_rows(

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from sqlalchemy import text
 
 from shared.db import make_engine
-from tests.support.broker import IngestServer, running_ingest
+from tests.support.broker import running_ingest
 from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import TargetServer
@@ -20,14 +20,6 @@ from tests.support.targets import TargetServer
 EVENT = "order.created"
 APPS = 10_000
 PER_APP = 10
-
-
-@pytest.fixture(scope="module")
-def ingest(
-    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[IngestServer]:
-    with running_ingest(module_stack, tmp_path_factory.mktemp("ingest")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +34,6 @@ def dispatcher(
         HOOKSTREAM_SUBSCRIPTION_CACHE_TTL="60",
     ) as proc:
         yield proc
-
-
-@pytest.fixture
-async def operator(ingest: IngestServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=ingest.url, timeout=30, headers=ingest.auth) as c:
-        yield c
 
 
 async def bulk_load(stack: IsolatedStack, leak_url: str) -> None:
