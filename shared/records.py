@@ -16,6 +16,12 @@ from shared.models import DEFAULT_APPLICATION_ID
 
 Headers = list[tuple[str, bytes]]
 
+# The portal's "send a test event": a targeted record of this type reaches its
+# subscription whatever event types it lists (fan-out still matches types as usual).
+# Ingest's POST /ingest/{id} refuses a type its subscription does not list before it
+# publishes, so only the portal's own records rely on this.
+TEST_EVENT_TYPE = "hookstream.test"
+
 
 class RecordError(ValueError):
     """A record whose headers cannot be decoded (poison message)."""

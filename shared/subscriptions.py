@@ -34,7 +34,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.filters import FilterError, Predicate, compile_filter
 from shared.logging import get_logger
 from shared.metrics import SUBSCRIPTIONS_LOADED
 from shared.models import DEFAULT_APPLICATION_ID, Subscription
@@ -82,6 +83,9 @@ class SubscriptionView:
     event_types: frozenset[str]
     is_active: bool
     application_id: uuid.UUID = DEFAULT_APPLICATION_ID
+    # The subscription's payload filter, compiled once per version of the row (a view is
+    # built per version); None: every body.
+    accepts: Predicate | None = field(default=None, compare=False)
 
     def wants(self, event_type: str) -> bool:
         """Active and subscribed to this type (an empty list means every type)."""
@@ -96,7 +100,20 @@ class SubscriptionView:
             secret_key=sub.secret_key,
             event_types=frozenset(sub.event_types or ()),
             is_active=sub.is_active,
+            accepts=_compiled(sub),
         )
+
+
+def _compiled(sub: Subscription) -> Predicate | None:
+    if sub.filter is None:
+        return None
+    try:
+        return compile_filter(sub.filter)
+    except FilterError as exc:
+        # Written through the API it compiled; a row edited by hand may not. Deliver
+        # nothing to it rather than everything, and say why.
+        log.warning("stored filter does not compile", subscription_id=str(sub.id), error=str(exc))
+        return lambda _body: False
 
 
 class AppIndex:

@@ -1,7 +1,8 @@
 """Fan-out stage: one event from ``<prefix>.events`` → one delivery job per subscription.
 
 Targeted events (``POST /ingest/{id}``) go to their subscription after re-checking that it
-still exists, is active and wants the event type; fan-out events (``POST /events``) go
+still exists, is active and wants the event type (any type for the portal's test
+events, ``TEST_EVENT_TYPE``); fan-out events (``POST /events``) go
 to every active subscription that matches, from the subscription cache. Jobs are keyed
 by subscription id with ``delivery_id = uuid5(event_id, subscription_id)``, so replaying
 an event after a crash reproduces the same ids.
@@ -18,12 +19,14 @@ rather than silently.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.dispatcher.attempts import AttemptWriter, attempt_row
 from services.dispatcher.batching import RowWriter
@@ -33,7 +36,7 @@ from services.dispatcher.stalls import ZombieFence
 from shared.logging import get_logger
 from shared.metrics import DELIVERIES
 from shared.models import AttemptStatus
-from shared.records import DeliveryJob, EventRecord
+from shared.records import TEST_EVENT_TYPE, DeliveryJob, EventRecord
 from shared.subscriptions import SubscriptionCache, SubscriptionView
 from shared.topics import Topics
 
@@ -77,14 +80,55 @@ class EventWriter(RowWriter[EventRow]):
             await conn.execute(_INSERT_EVENTS, *columns)
 
 
-def not_wanted_reason(sub: SubscriptionView | None, event_type: str) -> str | None:
-    """Why a targeted event is not delivered to its subscription, or None to deliver."""
+class Payload:
+    """An event's body decoded as JSON once, and only if a filter asks for it."""
+
+    __slots__ = ("_body", "_value")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._value: Any = _UNREAD
+
+    @property
+    def value(self) -> Any:
+        if self._value is _UNREAD:
+            self._value = _decode(self._body)
+        return self._value
+
+    def accepted_by(self, sub: SubscriptionView) -> bool:
+        return sub.accepts is None or sub.accepts(self.value)
+
+
+_UNREAD = object()
+
+
+def _decode(body: bytes) -> Any:
+    """Ingest accepted only JSON; orjson refuses lone surrogates, the stdlib does not.
+    Anything else (None) matches no filter."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body.decode())
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+
+
+def not_wanted_reason(
+    sub: SubscriptionView | None, event_type: str, payload: Payload
+) -> str | None:
+    """Why a targeted event is not delivered to its subscription, or None to deliver.
+    A test event goes to its subscription whatever its types and filter say."""
     if sub is None:
         return "not delivered: subscription no longer exists"
     if not sub.is_active:
         return "not delivered: subscription is inactive"
+    if event_type == TEST_EVENT_TYPE:
+        return None
     if not sub.wants(event_type):
         return f"not delivered: subscription no longer accepts event type {event_type!r}"
+    if not payload.accepted_by(sub):
+        return "not delivered: the body no longer matches the subscription's filter"
     return None
 
 
@@ -108,16 +152,18 @@ class FanOutStage:
         deliveries = self.topics.deliveries
         for event in events:
             durable.append(self.events.write(event))
+            payload = Payload(event.body)
             if event.subscription_id is not None:
                 sub = await self.cache.get(event.subscription_id, event.application_id)
-                reason = not_wanted_reason(sub, event.event_type)
+                reason = not_wanted_reason(sub, event.event_type, payload)
                 if reason is not None:
                     durable.append(self._not_delivered(event, sub, reason))
                     continue
                 assert sub is not None
                 targets: Sequence[SubscriptionView] = (sub,)
             else:
-                targets = await self.cache.matching(event.application_id, event.event_type)
+                matched = await self.cache.matching(event.application_id, event.event_type)
+                targets = [t for t in matched if payload.accepted_by(t)]
                 log.debug("fanned out", event_id=str(event.event_id), jobs=len(targets))
             for target in targets:
                 job = DeliveryJob.for_event(event, target.id)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import orjson
 
@@ -90,23 +91,23 @@ class Ingestion:
         idempotency_key: str | None,
     ) -> tuple[Answer, bool]:
         """``POST /ingest/{id}``: returns ((status, body), replayed)."""
-        parse_json(body)
+        payload = parse_json(body)
         if sub.secret_key is not None and not _signed(sub.secret_key, body, signature):
             raise InvalidSignature()
-
+        deliver = partial(self._deliver, sub, body, payload, event_type, content_type)
         if idempotency_key is None:
-            return await self._deliver(sub, body, event_type, content_type), False
+            return await deliver(), False
         return await _once(
-            self._idempotency,
-            f"sub:{sub.id}",
-            idempotency_key,
-            event_type,
-            body,
-            partial(self._deliver, sub, body, event_type, content_type),
+            self._idempotency, f"sub:{sub.id}", idempotency_key, event_type, body, deliver
         )
 
     async def _deliver(
-        self, sub: SubscriptionView, body: bytes, event_type: str, content_type: str
+        self,
+        sub: SubscriptionView,
+        body: bytes,
+        payload: Any,
+        event_type: str,
+        content_type: str,
     ) -> Answer:
         if not sub.is_active:
             return _filtered("subscription_inactive", "subscription is inactive")
@@ -114,6 +115,8 @@ class Ingestion:
             return _filtered(
                 "event_type_not_subscribed", f"event type {event_type!r} is not subscribed"
             )
+        if sub.accepts is not None and not sub.accepts(payload):
+            return _filtered("filter_not_matched", "the body does not match the filter")
         event_id = uuid.uuid4()
         record = EventRecord(
             event_id=event_id,

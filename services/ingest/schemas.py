@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
+from shared.filters import FilterError, compile_filter
+
 
 def _storable(value: str) -> str:
     """PostgreSQL text takes neither NUL nor lone surrogates (they would be a 500 later)."""
@@ -42,6 +44,26 @@ SecretKey = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(
 MAX_EVENT_TYPES = 100
 
 
+def _compiles(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        compile_filter(value)
+    except FilterError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+BodyFilter = Annotated[
+    dict[str, Any],
+    AfterValidator(_compiles),
+    Field(
+        description="JSON conditions on the body: dotted paths to a literal or to "
+        "$eq $ne $gt $gte $lt $lte $in $nin $exists, and $or/$and lists; at most "
+        "50 conditions, 5 levels, 4 KiB. A body that does not match is not delivered.",
+        examples=[{"data.amount": {"$gte": 100}, "data.currency": {"$in": ["EUR", "USD"]}}],
+    ),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,15 +82,18 @@ class SubscriptionCreate(_Strict):
         description="event types to deliver; empty = every type",
     )
     is_active: StrictBool = True
+    filter: BodyFilter | None = None
 
 
 class SubscriptionUpdate(_Strict):
-    """Only the fields present are changed. ``secret_key: null`` removes the secret."""
+    """Only the fields present are changed. ``secret_key: null`` removes the secret,
+    ``filter: null`` the filter."""
 
     target_url: TargetUrl | None = None
     secret_key: SecretKey | None = None
     event_types: list[EventType] | None = Field(None, max_length=MAX_EVENT_TYPES)
     is_active: StrictBool | None = None
+    filter: BodyFilter | None = None
 
 
 class SubscriptionOut(BaseModel):
@@ -81,6 +106,7 @@ class SubscriptionOut(BaseModel):
     target_url: str
     event_types: list[str]
     is_active: bool
+    filter: dict[str, Any] | None = None
     deactivated_reason: str | None = Field(
         None, description="why the service deactivated it (410 Gone, failing every delivery)"
     )
@@ -106,7 +132,7 @@ class Accepted(BaseModel):
 
 class Filtered(BaseModel):
     status: Literal["filtered"]
-    reason: Literal["subscription_inactive", "event_type_not_subscribed"]
+    reason: Literal["subscription_inactive", "event_type_not_subscribed", "filter_not_matched"]
     message: str
 
 

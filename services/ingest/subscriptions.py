@@ -83,6 +83,7 @@ async def create_subscription(
         secret_key=data.secret_key,
         event_types=_unique(data.event_types),
         is_active=data.is_active,
+        filter=data.filter,
         failure_streak=0,
         created_at=now,
         updated_at=now,
@@ -133,13 +134,15 @@ async def update_subscription(
     # matching no row (a 500). With the lock, the read waits for it and finds nothing.
     sub = await get_subscription(session, subscription_id, for_update=True)
     fields = patch.model_fields_set
-    for name in fields - {"secret_key"}:
+    for name in fields - {"secret_key", "filter"}:
         if getattr(patch, name) is None:
             raise Unprocessable(("body", name), "must not be null")
     if "target_url" in fields and patch.target_url is not None:
         sub.target_url = check_target_url(patch.target_url, max_url_length)
     if "secret_key" in fields:
         sub.secret_key = patch.secret_key  # null removes the secret
+    if "filter" in fields:
+        sub.filter = patch.filter  # null removes the filter
     if "event_types" in fields and patch.event_types is not None:
         sub.event_types = _unique(patch.event_types)
     if "is_active" in fields and patch.is_active is not None:

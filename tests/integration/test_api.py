@@ -78,6 +78,7 @@ async def test_crud_round_trip_never_shows_the_secret_after_create(
         "secret_key",
         "deactivated_reason",
         "application_id",
+        "filter",
     }
     assert created["deactivated_reason"] is None
     sub_id = created["id"]
