@@ -25,8 +25,10 @@ from services.ingest.applications import routes as applications
 from services.ingest.auth import check_api_key_configured, configured_key
 from services.ingest.errors import install_error_handlers
 from services.ingest.ingest_endpoint import add_ingest_route
+from services.ingest.portal import actions as portal_actions
 from services.ingest.portal import links as portal_links
 from services.ingest.portal import login as portal_login
+from services.ingest.portal import pages as portal_pages
 from services.ingest.request_body import BodyLimitMiddleware, HeaderLimitMiddleware
 from services.ingest.resources import Resources, open_resources
 from services.ingest.ui.queries import HEALTH_WINDOW as OVERVIEW_WINDOW
@@ -101,6 +103,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(ui.router)
     app.include_router(portal_login.router)
+    app.include_router(portal_pages.router)
+    app.include_router(portal_actions.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     _document_settings(app, settings)
     return app

@@ -3,7 +3,6 @@ function as the API route, and answers with a redirect (or the form again, with 
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +26,7 @@ from services.ingest.subscriptions import (
     update_subscription,
 )
 from services.ingest.tenancy import Tenant, operator, resolve_application
+from services.ingest.ui.forms import event_types, field_errors
 from services.ingest.ui.pages import (
     REPLAY_WINDOWS_HOURS,
     AppRef,
@@ -48,20 +48,6 @@ from shared.models import DEFAULT_APPLICATION_ID
 log = get_logger("ingest.ui")
 
 router = APIRouter(route_class=UiRoute, include_in_schema=False)
-
-_SEPARATORS = re.compile(r"[\s,]+")
-# The schema's regular expressions, said the way a person would.
-_PLAIN = {
-    ("target_url", "string_pattern_mismatch"): "must be an absolute http or https URL",
-    ("event_types", "string_pattern_mismatch"): "event types are printable ASCII, no spaces",
-    ("uid", "string_pattern_mismatch"): "letters, digits, '.', '_' and '-' only",
-    ("metadata", "dict_type"): "must be a JSON object",
-}
-
-
-def _event_types(text: str) -> list[str]:
-    """``"order.paid, invoice.created"`` or one per line → a list; empty = every type."""
-    return [t for t in _SEPARATORS.split(text) if t]
 
 
 def _metadata(text: str) -> Any:
@@ -103,18 +89,6 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def _field_errors(exc: ValidationError | Unprocessable) -> dict[str, str]:
-    """Messages by form field (the first one each), from pydantic or from the service."""
-    issues: list[Any] = list(exc.errors() if isinstance(exc, ValidationError) else exc.detail)
-    errors: dict[str, str] = {}
-    for issue in issues:
-        loc = [part for part in issue.get("loc", ()) if part != "body"]
-        field = str(loc[0]) if loc else "form"
-        message = _PLAIN.get((field, issue.get("type", "")), issue.get("msg", "is not valid"))
-        errors.setdefault(field, str(message))
-    return errors
-
-
 @router.post(f"{PREFIX}/subscriptions")
 async def create(request: Request, session: LoggedIn) -> Response:
     form = await read_form(request, session)
@@ -124,7 +98,7 @@ async def create(request: Request, session: LoggedIn) -> Response:
         data = SubscriptionCreate(
             target_url=values["target_url"].strip(),
             secret_key=form.get("secret_key") or None,
-            event_types=_event_types(values["event_types"]),
+            event_types=event_types(values["event_types"]),
         )
         async with res.sessions.begin() as db:
             sub = await create_subscription(
@@ -135,7 +109,7 @@ async def create(request: Request, session: LoggedIn) -> Response:
             )
     except (ValidationError, Unprocessable) as exc:
         return subscription_form(
-            request, None, values=values, errors=_field_errors(exc), status_code=422
+            request, None, values=values, errors=field_errors(exc), status_code=422
         )
     await announce_change(res, sub.id)
     log.info("subscription created", subscription_id=str(sub.id), via="dashboard")
@@ -149,7 +123,7 @@ async def update(subscription_id: uuid.UUID, request: Request, session: LoggedIn
     values = {k: form.get(k, "") for k in ("target_url", "event_types")}
     fields: dict[str, Any] = {
         "target_url": values["target_url"].strip(),
-        "event_types": _event_types(values["event_types"]),
+        "event_types": event_types(values["event_types"]),
     }
     # An empty secret field keeps the secret (it is never shown, so it cannot be edited).
     if form.get("remove_secret"):
@@ -166,7 +140,7 @@ async def update(subscription_id: uuid.UUID, request: Request, session: LoggedIn
         async with res.sessions() as db:
             sub = await get_subscription(db, subscription_id)
         return subscription_form(
-            request, sub, values=values, errors=_field_errors(exc), status_code=422
+            request, sub, values=values, errors=field_errors(exc), status_code=422
         )
     await announce_change(res, subscription_id)
     log.info("subscription updated", subscription_id=str(subscription_id), via="dashboard")
@@ -244,7 +218,7 @@ async def create_application(request: Request, session: LoggedIn) -> Response:
         async with operator(res.sessions).begin() as db:
             app = await applications.create_application(db, data)
     except (ValidationError, Unprocessable) as exc:
-        return application_form(request, values=values, errors=_field_errors(exc), status_code=422)
+        return application_form(request, values=values, errors=field_errors(exc), status_code=422)
     except Conflict as exc:  # the uid is taken
         return application_form(
             request, values=values, errors={"uid": describe(exc)}, status_code=exc.status_code
