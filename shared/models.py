@@ -127,6 +127,8 @@ class Subscription(Tenanted, Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     # JSON conditions on the body (shared/filters.py); null: every body.
     filter: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Extra headers sent with every delivery, name → value (validated at the API).
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     deactivated_reason: Mapped[str | None] = mapped_column(Text)
     # Consecutive failed deliveries and when the streak began (auto-deactivation).
     failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -86,6 +86,8 @@ class SubscriptionView:
     # The subscription's payload filter, compiled once per version of the row (a view is
     # built per version); None: every body.
     accepts: Predicate | None = field(default=None, compare=False)
+    # Custom headers, in the order given; sent before Hookstream's own, which win.
+    headers: tuple[tuple[str, str], ...] = ()
 
     def wants(self, event_type: str) -> bool:
         """Active and subscribed to this type (an empty list means every type)."""
@@ -101,6 +103,7 @@ class SubscriptionView:
             event_types=frozenset(sub.event_types or ()),
             is_active=sub.is_active,
             accepts=_compiled(sub),
+            headers=tuple((sub.headers or {}).items()),
         )
 
 

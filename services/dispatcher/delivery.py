@@ -23,6 +23,7 @@ from shared.retry_policy import RETRY_AFTER_STATUSES, RetryDecision, next_retry,
 from shared.signing import hub_signature, standard_webhooks_signature
 from shared.topics import Topics
 from shared.urlsafety import UnsafeTargetError
+from shared.webhook_headers import is_reserved
 
 USER_AGENT = f"Hookstream/{__version__}"
 
@@ -33,15 +34,20 @@ def request_headers(
     timestamp: int,
     secret: str | None,
     signing_key: bytes | None,
+    custom: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, str]:
     """Headers for one attempt. Signatures only when the subscription has a secret.
+
+    ``custom`` (the subscription's own headers) go first, and Hookstream's replace any
+    of the same name (the API refuses such names; this holds even for a row written
+    by hand).
 
     ``signing_key`` is ``standard_webhooks_key(secret)``, computed once per secret by the
     caller. ``webhook-id`` is the delivery id, stable across retries, so receivers can
     deduplicate; ``webhook-timestamp`` is this attempt's send time.
     """
     delivery_id = str(job.delivery_id)
-    headers = {
+    ours = {
         "content-type": job.content_type,
         "user-agent": USER_AGENT,
         "webhook-id": delivery_id,
@@ -49,6 +55,8 @@ def request_headers(
         "x-webhook-id": delivery_id,
         "x-webhook-event": job.event_type,
     }
+    headers = {name: value for name, value in custom if not is_reserved(name)}
+    headers.update(ours)
     if secret is not None and signing_key is not None:
         headers["webhook-signature"] = standard_webhooks_signature(
             signing_key, delivery_id, timestamp, job.body

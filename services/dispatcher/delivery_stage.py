@@ -246,6 +246,7 @@ class DeliveryStage:
                 timestamp=int(time.time()),
                 secret=secret,
                 signing_key=_signing_key(secret) if secret is not None else None,
+                custom=sub.headers,
             )
             response = await post(
                 self.http,

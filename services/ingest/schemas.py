@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -9,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from shared.filters import FilterError, compile_filter
+from shared.webhook_headers import is_reserved
 
 
 def _storable(value: str) -> str:
@@ -42,6 +44,41 @@ TargetUrl = Annotated[
 SecretKey = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_storable)]
 
 MAX_EVENT_TYPES = 100
+MAX_HEADERS = 20
+MAX_HEADER_VALUE = 1024
+# An HTTP token (RFC 9110): what a header name may be.
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _custom_headers(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_HEADERS:
+        raise ValueError(f"at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
+    for name, text in value.items():
+        lower = name.lower()
+        if not _TOKEN.match(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        if is_reserved(name):
+            raise ValueError(f"{name!r} is set by Hookstream and cannot be replaced")
+        if lower in seen:
+            raise ValueError(f"{name!r} is given twice (names are case-insensitive)")
+        seen.add(lower)
+        if len(text) > MAX_HEADER_VALUE:
+            raise ValueError(f"the value of {name!r} is longer than {MAX_HEADER_VALUE}")
+        if not all(" " <= ch <= "~" or ch == "\t" for ch in text):
+            raise ValueError(f"the value of {name!r} must be printable ASCII")
+    return value
+
+
+CustomHeaders = Annotated[
+    dict[str, str],
+    AfterValidator(_custom_headers),
+    Field(
+        description=f"headers sent with every delivery, name → value (at most {MAX_HEADERS}; "
+        "names Hookstream sets itself are refused)",
+        examples=[{"Authorization": "Bearer receiver-token", "X-Team": "billing"}],
+    ),
+]
 
 
 def _compiles(value: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +120,7 @@ class SubscriptionCreate(_Strict):
     )
     is_active: StrictBool = True
     filter: BodyFilter | None = None
+    headers: CustomHeaders | None = None
 
 
 class SubscriptionUpdate(_Strict):
@@ -94,6 +132,7 @@ class SubscriptionUpdate(_Strict):
     event_types: list[EventType] | None = Field(None, max_length=MAX_EVENT_TYPES)
     is_active: StrictBool | None = None
     filter: BodyFilter | None = None
+    headers: CustomHeaders | None = None
 
 
 class SubscriptionOut(BaseModel):
@@ -107,6 +146,7 @@ class SubscriptionOut(BaseModel):
     event_types: list[str]
     is_active: bool
     filter: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
     deactivated_reason: str | None = Field(
         None, description="why the service deactivated it (410 Gone, failing every delivery)"
     )

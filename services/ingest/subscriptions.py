@@ -84,6 +84,7 @@ async def create_subscription(
         event_types=_unique(data.event_types),
         is_active=data.is_active,
         filter=data.filter,
+        headers=data.headers,
         failure_streak=0,
         created_at=now,
         updated_at=now,
@@ -134,7 +135,7 @@ async def update_subscription(
     # matching no row (a 500). With the lock, the read waits for it and finds nothing.
     sub = await get_subscription(session, subscription_id, for_update=True)
     fields = patch.model_fields_set
-    for name in fields - {"secret_key", "filter"}:
+    for name in fields - {"secret_key", "filter", "headers"}:
         if getattr(patch, name) is None:
             raise Unprocessable(("body", name), "must not be null")
     if "target_url" in fields and patch.target_url is not None:
@@ -143,6 +144,8 @@ async def update_subscription(
         sub.secret_key = patch.secret_key  # null removes the secret
     if "filter" in fields:
         sub.filter = patch.filter  # null removes the filter
+    if "headers" in fields:
+        sub.headers = patch.headers  # null removes them
     if "event_types" in fields and patch.event_types is not None:
         sub.event_types = _unique(patch.event_types)
     if "is_active" in fields and patch.is_active is not None:

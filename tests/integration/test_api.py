@@ -79,6 +79,7 @@ async def test_crud_round_trip_never_shows_the_secret_after_create(
         "deactivated_reason",
         "application_id",
         "filter",
+        "headers",
     }
     assert created["deactivated_reason"] is None
     sub_id = created["id"]

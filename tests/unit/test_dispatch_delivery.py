@@ -170,3 +170,26 @@ def test_unknown_errors_end_the_delivery_instead_of_looping() -> None:
     outcome = outcome_of_error(ZeroDivisionError("bug"), timeout=10)
     assert not outcome.retryable
     assert outcome.error == "internal error: ZeroDivisionError: bug"
+
+
+def test_custom_headers_go_out_but_never_replace_hookstreams_own() -> None:
+    h = request_headers(
+        job(),
+        timestamp=1,
+        secret="s",
+        signing_key=b"s",
+        custom=(
+            ("Authorization", "Bearer receiver"),
+            ("X-Team", "billing"),
+            ("Webhook-Signature", "v1,forged"),  # only a row written by hand could hold it
+            ("X-Hub-Signature-256", "sha256=forged"),
+            ("Content-Type", "text/plain"),
+        ),
+    )
+    assert h["Authorization"] == "Bearer receiver"
+    assert h["X-Team"] == "billing"
+    assert "Webhook-Signature" not in h
+    assert "X-Hub-Signature-256" not in h
+    assert "Content-Type" not in h
+    assert h["webhook-signature"].startswith("v1,")
+    assert not h["webhook-signature"].endswith("forged")

@@ -1,8 +1,11 @@
-"""Payload filters end to end: the API validates them, ingest and fan-out honour them."""
+"""Payload filters and custom headers end to end: the API validates them, ingest, fan-out
+and delivery honour them."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections.abc import Iterator
 
 import httpx
@@ -94,3 +97,50 @@ async def test_fanout_delivers_only_to_subscriptions_whose_filter_matches(
         "/big-eur": sorted(bodies[:2]),
         "/vip": [bodies[1]],
     }
+
+
+async def test_custom_headers_are_validated(operator: httpx.AsyncClient) -> None:
+    base = {"target_url": "https://e.example/"}
+    for bad in (
+        {"webhook-id": "x"},
+        {"X-Webhook-Event": "x"},
+        {"Content-Type": "text/plain"},
+        {"User-Agent": "me"},
+        {"traceparent": "00-1"},
+        {"X-Hub-Signature-256": "sha256=0"},
+        {"bad name": "x"},
+        {"X-A": "line\r\nbreak"},
+        {"X-A": "é"},
+        {"X-A": "v" * 1025},
+        {"X-A": "1", "x-a": "2"},
+        {f"X-{n}": "v" for n in range(21)},
+    ):
+        r = await operator.post("/subscriptions/", json={**base, "headers": bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"][:2] == ["body", "headers"]
+    r = await operator.post("/subscriptions/", json={**base, "headers": {"X-Team": "billing"}})
+    assert r.status_code == 201
+    assert r.json()["headers"] == {"X-Team": "billing"}
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_custom_headers_arrive_with_every_delivery(
+    operator: httpx.AsyncClient, target: TargetServer
+) -> None:
+    headers = {"Authorization": "Bearer receiver-token", "X-Team": "billing"}
+    r = await operator.post(
+        "/subscriptions/",
+        json={"target_url": target.url("/h"), "secret_key": "s3cret", "headers": headers},
+    )
+    sub = r.json()
+    r = await operator.post(f"/ingest/{sub['id']}", content=b"{}", headers=_signed(b"{}"))
+    assert r.status_code == 202, r.text
+    (got,) = await target.wait_for(1, path="/h", timeout=20)
+    assert got.headers["authorization"] == "Bearer receiver-token"
+    assert got.headers["x-team"] == "billing"
+    assert got.headers["webhook-id"] == r.json()["delivery_id"]
+
+
+def _signed(body: bytes) -> dict[str, str]:
+    digest = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    return {"x-hub-signature-256": f"sha256={digest}"}
