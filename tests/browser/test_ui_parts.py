@@ -11,60 +11,62 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from services.ingest.ui import session as sessions
+from services.ingest.ui import session as cookies
 from services.ingest.ui.chart import HEIGHT, nice_ceiling, per_minute_chart
 from services.ingest.ui.payload import payload_view
 from services.ingest.ui.web import STATIC_DIR, TEMPLATES_DIR, safe_next, templates
 from tests.support.stack import ROOT
 
-KEY = sessions.signing_key(b"the-api-key")
-NOW = 1_800_000_000.0
+KEY = b"the-api-key"
+TOKEN = "t" * 43
 
 
-def test_a_session_round_trips() -> None:
-    s = sessions.new_session(authenticated=True, now=NOW)
-    assert sessions.decode(sessions.encode(s, KEY), KEY, now=NOW + 60, api_key_set=True) == s
+def test_a_cookie_names_its_token_under_the_same_key_only() -> None:
+    value = cookies.cookie_value(TOKEN, KEY)
+    assert cookies.token_of(value, KEY) == TOKEN
+    assert KEY.decode() not in value
+    # Rotating the key: every cookie issued before names nothing.
+    assert cookies.token_of(value, b"the-rotated-key") is None
+    # With no key configured nobody is logged in.
+    assert cookies.token_of(value, None) is None
 
 
 @pytest.mark.parametrize(
     "mangle",
     [
-        lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),  # another MAC
-        lambda v: "e30" + v[v.index(".") :],  # another payload ({}), same MAC
+        lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),  # another tag
+        lambda v: "u" + v[1:],  # another token, the same tag
+        lambda v: v[: v.index(".")],  # no tag
         lambda v: v.replace(".", ""),
         lambda v: v + ".x",
+        lambda v: "." + v[v.index(".") + 1 :],
+        lambda v: v + "A" * 200,
         lambda v: "",
     ],
 )
 def test_a_changed_cookie_is_no_session(mangle: object) -> None:
-    value = sessions.encode(sessions.new_session(authenticated=True, now=NOW), KEY)
+    value = cookies.cookie_value(TOKEN, KEY)
     assert callable(mangle)
-    assert sessions.decode(mangle(value), KEY, now=NOW, api_key_set=True) is None
-
-
-def test_sessions_expire_and_die_with_the_key() -> None:
-    value = sessions.encode(sessions.new_session(authenticated=True, now=NOW), KEY)
-    late = NOW + sessions.MAX_AGE_SECONDS + 1
-    assert sessions.decode(value, KEY, now=late, api_key_set=True) is None
-    assert sessions.decode(value, KEY, now=NOW - 120, api_key_set=True) is None  # from the future
-    other = sessions.signing_key(b"the-rotated-key")
-    assert sessions.decode(value, other, now=NOW, api_key_set=True) is None
-
-
-def test_no_api_key_means_no_login() -> None:
-    key = sessions.signing_key(None)
-    authed = sessions.encode(sessions.new_session(authenticated=True, now=NOW), key)
-    anonymous = sessions.new_session(authenticated=False, now=NOW)
-    assert sessions.decode(authed, key, now=NOW, api_key_set=False) is None
-    assert sessions.decode(sessions.encode(anonymous, key), key, now=NOW, api_key_set=False)
+    assert cookies.token_of(mangle(value), KEY) is None
 
 
 def test_csrf_tokens_compare_exactly() -> None:
-    s = sessions.new_session(authenticated=True, now=NOW)
-    assert sessions.csrf_matches(s, s.csrf)
-    for wrong in (None, "", s.csrf[:-1], s.csrf + "x", s.csrf.upper(), "é"):
-        assert not sessions.csrf_matches(s, wrong)
-    assert sessions.new_session(authenticated=True, now=NOW).csrf != s.csrf
+    token = cookies.new_csrf()
+    assert cookies.csrf_matches(token, token)
+    for wrong in (None, "", token[:-1], token + "x", token.upper(), "é"):
+        assert not cookies.csrf_matches(token, wrong)
+    # No token on either side matches nothing, an empty one included.
+    assert not cookies.csrf_matches("", "")
+    assert not cookies.csrf_matches(None, token)
+    assert cookies.new_csrf() != token
+
+
+def test_the_login_forms_cookie_is_taken_only_when_plausible() -> None:
+    token = cookies.new_csrf()
+    assert cookies.login_csrf_of(token) == token
+    assert cookies.login_csrf_of(None) is None
+    assert cookies.login_csrf_of("") is None
+    assert cookies.login_csrf_of("x" * 101) is None
 
 
 @pytest.mark.parametrize(

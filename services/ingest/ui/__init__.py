@@ -1,8 +1,9 @@
 """The dashboard at /ui: server-rendered pages over the same service layer as the API.
 
-Login with the API key once (a signed, HttpOnly, SameSite=Strict session cookie), CSRF
-tokens on every form, Jinja2 with autoescaping, a strict Content Security Policy, inline
-SVG for the chart, and one small static script: no build step, nothing from the internet.
+Login with the API key once (a server-side session, its token in an HttpOnly,
+SameSite=Strict cookie; failed logins limited per address), CSRF tokens on every form,
+Jinja2 with autoescaping, a strict Content Security Policy, inline SVG for the chart, and
+one small static script: no build step, nothing from the internet.
 """
 
 from fastapi import APIRouter

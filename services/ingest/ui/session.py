@@ -1,85 +1,82 @@
-"""The dashboard's session: a signed cookie that remembers a login and carries a CSRF token.
+"""The dashboard's cookies: a server-side session bound to the API key, and the login
+form's CSRF token.
 
-The API key is typed once on the login form; the browser then holds only this cookie,
-``<payload>.<mac>`` with payload = base64url JSON ``{"a": authenticated, "c": csrf, "t":
-issued_at}`` and mac = HMAC-SHA256 under a key derived from the API key. Rotating the API
-key therefore logs every browser out. Every comparison is constant time.
+After login the browser holds ``hookstream_ui`` = ``<token>.<tag>``. ``token`` is the
+random session token of a ``web_sessions`` row (kind ``ui``, ``websessions.py``): logging
+out ends the row, so a copy of the cookie stops working at once, in every ingest process.
+``tag`` is HMAC-SHA256 of the token under a key derived from ``HOOKSTREAM_API_KEY``:
+rotating the key logs every browser out, and the row stores nothing derived from the key
+(a copy of the table is no oracle for guessing it).
 
-A visitor who has not logged in gets an anonymous session too, so the login form has a
-CSRF token like every other form. Logging in issues a fresh token (no session fixation).
+Before login there is no session row (an anonymous visitor must not be able to fill the
+table): the login form's CSRF token is a double-submit cookie, ``hookstream_ui_login``,
+random, HttpOnly, SameSite=Strict and sent to ``/ui/login`` only; the form's hidden field
+must equal it. A login form post can only trade a correct API key for a session, so a
+forger would need the key, and then needs no forgery; the token keeps cross-site posts
+from counting as failed logins (the per-address limit) all the same.
+
+Every comparison is constant time.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
-import json
 import secrets
-from dataclasses import dataclass
+from datetime import timedelta
 
 COOKIE = "hookstream_ui"
+LOGIN_COOKIE = "hookstream_ui_login"
 # A working day: long enough not to nag an operator, short enough that a forgotten
 # browser does not stay logged in for good.
-MAX_AGE_SECONDS = 12 * 3600
-_CONTEXT = b"hookstream ui session v1"
+LIFETIME = timedelta(hours=12)
+# Long enough to type a key after opening the form in the morning.
+LOGIN_CSRF_LIFETIME = timedelta(hours=1)
+_CONTEXT = b"hookstream ui session v2"
+# secrets.token_urlsafe(32) is 43 characters; anything much longer is not ours.
+_MAX_TOKEN = 100
 
 
-@dataclass(frozen=True, slots=True)
-class UiSession:
-    authenticated: bool
-    csrf: str
-    issued_at: int
+def tag_key(api_key: bytes) -> bytes:
+    """Derived, so the cookie's tag never doubles as anything the API accepts."""
+    return hmac.new(api_key, _CONTEXT, hashlib.sha256).digest()
 
 
-def signing_key(api_key: bytes | None) -> bytes:
-    """Derived, so the cookie's MAC never doubles as anything the API accepts.
+def cookie_value(token: str, api_key: bytes) -> str:
+    return f"{token}.{_tag(token, tag_key(api_key))}"
 
-    With no API key configured nobody can log in (``decode`` never returns an
-    authenticated session), but anonymous sessions still need a key to sign with.
+
+def token_of(value: str | None, api_key: bytes | None) -> str | None:
+    """The session token in a cookie value, when its tag is right for the current key.
+
+    With no API key configured nobody can log in, so no cookie names a session.
     """
-    return hmac.new(api_key or b"", _CONTEXT, hashlib.sha256).digest()
-
-
-def new_session(*, authenticated: bool, now: float) -> UiSession:
-    return UiSession(authenticated, secrets.token_urlsafe(32), int(now))
-
-
-def encode(session: UiSession, key: bytes) -> str:
-    data = {"a": session.authenticated, "c": session.csrf, "t": session.issued_at}
-    payload = _b64(json.dumps(data, separators=(",", ":")).encode())
-    return f"{payload}.{_mac(key, payload)}"
-
-
-def decode(value: str | None, key: bytes, *, now: float, api_key_set: bool) -> UiSession | None:
-    """The session in a cookie value, or None when it is missing, forged, stale or malformed."""
-    if not value or value.count(".") != 1:
+    if api_key is None or not value or len(value) > 2 * _MAX_TOKEN or value.count(".") != 1:
         return None
-    payload, mac = value.split(".")
-    if not hmac.compare_digest(mac.encode(), _mac(key, payload).encode()):
+    token, tag = value.split(".")
+    if not token or not hmac.compare_digest(tag.encode(), _tag(token, tag_key(api_key)).encode()):
         return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        session = UiSession(bool(data["a"]), str(data["c"]), int(data["t"]))
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        return None
-    if not 0 <= now - session.issued_at <= MAX_AGE_SECONDS:
-        return None
-    if session.authenticated and not api_key_set:
-        return None
-    return session
+    return token
 
 
-def csrf_matches(session: UiSession, presented: str | None) -> bool:
-    if not presented:
+def new_csrf() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def login_csrf_of(value: str | None) -> str | None:
+    """The login form's token from its cookie, if it looks like one we issued."""
+    if not value or len(value) > _MAX_TOKEN:
+        return None
+    return value
+
+
+def csrf_matches(expected: str | None, presented: str | None) -> bool:
+    if not expected or not presented:
         return False
-    return hmac.compare_digest(presented.encode(), session.csrf.encode())
+    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _mac(key: bytes, payload: str) -> str:
-    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+def _tag(token: str, key: bytes) -> str:
+    mac = hmac.new(key, token.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()

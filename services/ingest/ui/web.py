@@ -9,8 +9,8 @@ anywhere but here.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,8 +23,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from services.ingest.errors import BadRequest, HookstreamError
-from services.ingest.ui import session as sessions
-from services.ingest.ui.session import UiSession
+from services.ingest.resources import from_request
+from services.ingest.ui import session as cookies
+from services.ingest.websessions import UI, find_session
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -94,19 +95,30 @@ class CsrfRejected(HookstreamError):
     )
 
 
-def current_session(request: Request) -> UiSession | None:
-    api_key: bytes | None = request.app.state.api_key
-    return sessions.decode(
-        request.cookies.get(sessions.COOKIE),
-        sessions.signing_key(api_key),
-        now=time.time(),
-        api_key_set=api_key is not None,
-    )
+@dataclass(frozen=True, slots=True)
+class UiSession:
+    """A request's session: its CSRF token and, once logged in, the session's token."""
+
+    csrf: str
+    token: str | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.token is not None
+
+
+async def current_session(request: Request) -> UiSession | None:
+    """The logged-in session named by the cookie (one indexed lookup), or None."""
+    token = cookies.token_of(request.cookies.get(cookies.COOKIE), request.app.state.api_key)
+    if token is None:
+        return None
+    row = await find_session(from_request(request).sessions, token, kind=UI, now=datetime.now(UTC))
+    return None if row is None else UiSession(row.csrf, token)
 
 
 async def require_login(request: Request) -> UiSession:
-    session = current_session(request)
-    if session is None or not session.authenticated:
+    session = await current_session(request)
+    if session is None:
         raise LoginRequired()
     request.state.ui_session = session  # the layout's logout form needs its token
     return session
@@ -115,19 +127,36 @@ async def require_login(request: Request) -> UiSession:
 LoggedIn = Annotated[UiSession, Depends(require_login)]
 
 
-def set_session_cookie(response: Response, request: Request, session: UiSession) -> None:
-    api_key: bytes | None = request.app.state.api_key
+def _set_cookie(
+    response: Response, request: Request, name: str, value: str, *, path: str, max_age: int
+) -> None:
     response.set_cookie(
-        sessions.COOKIE,
-        sessions.encode(session, sessions.signing_key(api_key)),
-        max_age=sessions.MAX_AGE_SECONDS,
-        path=PREFIX,
+        name,
+        value,
+        max_age=max_age,
+        path=path,
         httponly=True,
         samesite="strict",
         # Behind a TLS proxy that speaks plain HTTP to us this stays off; the cookie is
         # still HttpOnly and SameSite=Strict.
         secure=request.url.scheme == "https",
     )
+
+
+def set_session_cookie(response: Response, request: Request, token: str) -> None:
+    api_key: bytes = request.app.state.api_key
+    value = cookies.cookie_value(token, api_key)
+    max_age = int(cookies.LIFETIME.total_seconds())
+    _set_cookie(response, request, cookies.COOKIE, value, path=PREFIX, max_age=max_age)
+
+
+def set_login_cookie(response: Response, request: Request, csrf: str) -> None:
+    max_age = int(cookies.LOGIN_CSRF_LIFETIME.total_seconds())
+    _set_cookie(response, request, cookies.LOGIN_COOKIE, csrf, path=LOGIN_PATH, max_age=max_age)
+
+
+def clear_cookie(response: Response, request: Request, name: str, *, path: str) -> None:
+    _set_cookie(response, request, name, "", path=path, max_age=0)
 
 
 async def read_form(request: Request, session: UiSession) -> dict[str, str]:
@@ -144,7 +173,7 @@ async def read_form(request: Request, session: UiSession) -> dict[str, str]:
         except ValueError:
             raise BadRequest("too many form fields") from None
         form = {name: values[0] for name, values in fields.items()}
-    if not sessions.csrf_matches(session, form.get("csrf")):
+    if not cookies.csrf_matches(session.csrf, form.get("csrf")):
         raise CsrfRejected()
     return form
 
@@ -200,9 +229,11 @@ class UiRoute(APIRoute):
             except LoginRequired:
                 return login_redirect(request)
             except HookstreamError as exc:
-                return render(
+                response = render(
                     request, "error.html", status_code=exc.status_code, detail=describe(exc)
                 )
+                response.headers.update(exc.headers)  # Retry-After on a 429, for one
+                return response
             except RequestValidationError:
                 return render(request, "error.html", status_code=404, detail="no such page")
 
