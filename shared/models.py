@@ -123,6 +123,10 @@ class Subscription(Tenanted, Base):
     )
     target_url: Mapped[str] = mapped_column(Text)
     secret_key: Mapped[str | None] = mapped_column(Text)
+    # After a rotation the previous secret signs and verifies too, until its expiry.
+    previous_secret_key: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     # JSON conditions on the body (shared/filters.py); null: every body.

@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -88,6 +89,19 @@ class SubscriptionView:
     accepts: Predicate | None = field(default=None, compare=False)
     # Custom headers, in the order given; sent before Hookstream's own, which win.
     headers: tuple[tuple[str, str], ...] = ()
+    # The secret a rotation replaced, valid (signing and verifying) until this instant.
+    previous_secret: str | None = None
+    previous_until: datetime | None = None
+
+    def secrets(self, now: datetime) -> tuple[str, ...]:
+        """The secrets that sign and verify now: the current one first, then the previous
+        one while its overlap lasts."""
+        if self.secret_key is None:
+            return ()
+        previous, until = self.previous_secret, self.previous_until
+        if previous is not None and until is not None and now < until:
+            return (self.secret_key, previous)
+        return (self.secret_key,)
 
     def wants(self, event_type: str) -> bool:
         """Active and subscribed to this type (an empty list means every type)."""
@@ -104,6 +118,8 @@ class SubscriptionView:
             is_active=sub.is_active,
             accepts=_compiled(sub),
             headers=tuple((sub.headers or {}).items()),
+            previous_secret=sub.previous_secret_key,
+            previous_until=sub.previous_secret_expires_at,
         )
 
 

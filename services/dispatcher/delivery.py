@@ -35,8 +35,13 @@ def request_headers(
     secret: str | None,
     signing_key: bytes | None,
     custom: tuple[tuple[str, str], ...] = (),
+    previous_key: bytes | None = None,
 ) -> dict[str, str]:
     """Headers for one attempt. Signatures only when the subscription has a secret.
+
+    ``previous_key`` (during a secret rotation's overlap) adds a second signature to
+    ``webhook-signature``, as Standard Webhooks allows (``v1,<new> v1,<old>``), so a
+    receiver still holding the old secret keeps verifying.
 
     ``custom`` (the subscription's own headers) go first, and Hookstream's replace any
     of the same name (the API refuses such names; this holds even for a row written
@@ -58,9 +63,11 @@ def request_headers(
     headers = {name: value for name, value in custom if not is_reserved(name)}
     headers.update(ours)
     if secret is not None and signing_key is not None:
-        headers["webhook-signature"] = standard_webhooks_signature(
-            signing_key, delivery_id, timestamp, job.body
-        )
+        signature = standard_webhooks_signature(signing_key, delivery_id, timestamp, job.body)
+        if previous_key is not None:
+            old = standard_webhooks_signature(previous_key, delivery_id, timestamp, job.body)
+            signature = f"{signature} {old}"
+        headers["webhook-signature"] = signature
         headers["x-hub-signature-256"] = hub_signature(secret, job.body)
     return headers
 

@@ -241,12 +241,17 @@ class DeliveryStage:
         started = time.perf_counter()
         try:
             secret = sub.secret_key
+            now = time.time()
+            previous = (
+                sub.secrets(datetime.fromtimestamp(now, UTC))[1:] if sub.previous_secret else ()
+            )
             headers = request_headers(
                 job,
-                timestamp=int(time.time()),
+                timestamp=int(now),
                 secret=secret,
                 signing_key=_signing_key(secret) if secret is not None else None,
                 custom=sub.headers,
+                previous_key=_signing_key(previous[0]) if previous else None,
             )
             response = await post(
                 self.http,

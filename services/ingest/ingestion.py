@@ -92,7 +92,9 @@ class Ingestion:
     ) -> tuple[Answer, bool]:
         """``POST /ingest/{id}``: returns ((status, body), replayed)."""
         payload = parse_json(body)
-        if sub.secret_key is not None and not _signed(sub.secret_key, body, signature):
+        if sub.secret_key is not None and not any(
+            _signed(secret, body, signature) for secret in sub.secrets(datetime.now(UTC))
+        ):
             raise InvalidSignature()
         deliver = partial(self._deliver, sub, body, payload, event_type, content_type)
         if idempotency_key is None:

@@ -135,6 +135,22 @@ class SubscriptionUpdate(_Strict):
     headers: CustomHeaders | None = None
 
 
+MAX_OVERLAP_SECONDS = 7 * 86400
+
+
+class SecretRotate(_Strict):
+    secret_key: SecretKey | None = Field(
+        None, description="the new secret; absent: `whsec_` + base64 of 32 random bytes"
+    )
+    overlap_seconds: int = Field(
+        86400,
+        ge=0,
+        le=MAX_OVERLAP_SECONDS,
+        description="how long the previous secret still signs (a second `v1,` signature "
+        "in webhook-signature) and verifies ingest's x-hub-signature-256",
+    )
+
+
 class SubscriptionOut(BaseModel):
     """A subscription as list/get show it: never its secret."""
 
@@ -147,6 +163,10 @@ class SubscriptionOut(BaseModel):
     is_active: bool
     filter: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
+    secret_rotated_at: datetime | None = None
+    previous_secret_expires_at: datetime | None = Field(
+        None, description="until then the previous secret signs and verifies too"
+    )
     deactivated_reason: str | None = Field(
         None, description="why the service deactivated it (410 Gone, failing every delivery)"
     )

@@ -11,10 +11,12 @@ and then sends a webhook sees its change.
 
 from __future__ import annotations
 
+import base64
+import secrets
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
@@ -26,6 +28,7 @@ from services.ingest.errors import NotFound, Unprocessable, error_responses
 from services.ingest.pagination import Cursor, Limit, Page, keyset, page
 from services.ingest.resources import Resources, from_request
 from services.ingest.schemas import (
+    SecretRotate,
     SubscriptionCreate,
     SubscriptionCreated,
     SubscriptionOut,
@@ -34,11 +37,14 @@ from services.ingest.schemas import (
 from services.ingest.tenancy import AppTenant, Caller, Tenant
 from shared.logging import get_logger
 from shared.models import DEFAULT_APPLICATION_ID, Subscription
+from shared.signing import WHSEC_PREFIX
 from shared.subscriptions import notify_changed
 
 log = get_logger("ingest.subscriptions")
 
 MAX_PAGE = 1000
+# 32 random bytes, as the contract says: 256 bits of key.
+SECRET_BYTES = 32
 _SCHEMES = frozenset({"http", "https"})
 
 
@@ -141,7 +147,10 @@ async def update_subscription(
     if "target_url" in fields and patch.target_url is not None:
         sub.target_url = check_target_url(patch.target_url, max_url_length)
     if "secret_key" in fields:
+        # Replaced or removed at once: the overlap is what /secret/rotate is for.
         sub.secret_key = patch.secret_key  # null removes the secret
+        sub.previous_secret_key = None
+        sub.previous_secret_expires_at = None
     if "filter" in fields:
         sub.filter = patch.filter  # null removes the filter
     if "headers" in fields:
@@ -158,6 +167,32 @@ async def update_subscription(
     sub.updated_at = datetime.now(UTC)
     await session.flush()
     return sub
+
+
+def generate_secret() -> str:
+    """A Standard Webhooks secret: receivers' libraries take it as it is."""
+    return WHSEC_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+async def rotate_secret(
+    session: AsyncSession, subscription_id: uuid.UUID, data: SecretRotate
+) -> tuple[Subscription, str]:
+    """A new secret; the current one keeps signing and verifying for the overlap (a
+    subscription without a secret gets one, with nothing to overlap)."""
+    sub = await get_subscription(session, subscription_id, for_update=True)
+    now = datetime.now(UTC)
+    secret = data.secret_key or generate_secret()
+    if sub.secret_key is not None and data.overlap_seconds > 0:
+        sub.previous_secret_key = sub.secret_key
+        sub.previous_secret_expires_at = now + timedelta(seconds=data.overlap_seconds)
+    else:
+        sub.previous_secret_key = None
+        sub.previous_secret_expires_at = None
+    sub.secret_key = secret
+    sub.secret_rotated_at = now
+    sub.updated_at = now
+    await session.flush()
+    return sub, secret
 
 
 async def delete_subscription(session: AsyncSession, subscription_id: uuid.UUID) -> None:
@@ -310,3 +345,31 @@ async def remove(subscription_id: uuid.UUID, tenant: Caller, request: Request) -
     await announce_change(res, subscription_id)
     log.info("subscription deleted", subscription_id=str(subscription_id), **tenant.log_fields())
     return Response(status_code=204)
+
+
+@router.post(
+    "/{subscription_id}/secret/rotate",
+    response_model=SubscriptionCreated,
+    summary="A new secret (shown in this answer only); the previous one keeps signing and "
+    "verifying for overlap_seconds",
+    responses=error_responses(400, 401, 404, 422),
+)
+async def rotate(
+    subscription_id: uuid.UUID,
+    tenant: Caller,
+    request: Request,
+    data: SecretRotate | None = None,
+) -> Any:
+    res = from_request(request)
+    async with tenant.begin() as session:
+        sub, secret = await rotate_secret(session, subscription_id, data or SecretRotate())
+    await announce_change(res, sub.id)
+    log.info(
+        "subscription secret rotated",
+        subscription_id=str(sub.id),
+        application_id=str(sub.application_id),
+        overlap_until=sub.previous_secret_expires_at.isoformat()
+        if sub.previous_secret_expires_at
+        else None,
+    )
+    return SubscriptionCreated.model_validate(sub).model_copy(update={"secret_key": secret})

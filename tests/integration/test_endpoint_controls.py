@@ -1,15 +1,18 @@
-"""Payload filters and custom headers end to end: the API validates them, ingest, fan-out
-and delivery honour them."""
+"""Endpoint controls end to end (filters, custom headers, secret rotation): the API
+validates them; ingest, fan-out and delivery honour them."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.support.procs import ServiceProcess, running_service
 from tests.support.stack import IsolatedStack
@@ -144,3 +147,48 @@ async def test_custom_headers_arrive_with_every_delivery(
 def _signed(body: bytes) -> dict[str, str]:
     digest = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     return {"x-hub-signature-256": f"sha256={digest}"}
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_during_a_rotation_both_secrets_sign_and_verify_then_only_the_new(
+    operator: httpx.AsyncClient, target: TargetServer
+) -> None:
+    old = "whsec_" + base64.b64encode(b"o" * 32).decode()
+    r = await operator.post(
+        "/subscriptions/", json={"target_url": target.url("/rot"), "secret_key": old}
+    )
+    sub_id = r.json()["id"]
+    r = await operator.post(f"/subscriptions/{sub_id}/secret/rotate", json={"overlap_seconds": 3})
+    assert r.status_code == 200, r.text
+    rotated = r.json()
+    new = rotated["secret_key"]
+    assert new.startswith("whsec_")
+    assert len(base64.b64decode(new.removeprefix("whsec_"))) == 32
+    assert rotated["previous_secret_expires_at"] is not None
+    shown = (await operator.get(f"/subscriptions/{sub_id}")).json()
+    assert "secret_key" not in shown
+    assert shown["secret_rotated_at"] == rotated["secret_rotated_at"]
+
+    async def send(secret: str) -> httpx.Response:
+        body = b'{"n": 1}'
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return await operator.post(
+            f"/ingest/{sub_id}", content=body, headers={"x-hub-signature-256": f"sha256={digest}"}
+        )
+
+    for secret in (new, old):  # ingest accepts either during the overlap
+        assert (await send(secret)).status_code == 202
+    for got in await target.wait_for(2, path="/rot", timeout=20):
+        assert " " in got.headers["webhook-signature"]  # v1,<new> v1,<old>
+        for secret in (new, old):
+            Webhook(secret).verify(got.body, dict(got.headers))
+
+    expires = datetime.fromisoformat(rotated["previous_secret_expires_at"])
+    await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
+    assert (await send(old)).status_code == 401
+    assert (await send(new)).status_code == 202
+    (*_, last) = await target.wait_for(3, path="/rot", timeout=20)
+    assert " " not in last.headers["webhook-signature"]
+    Webhook(new).verify(last.body, dict(last.headers))
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(last.body, dict(last.headers))
