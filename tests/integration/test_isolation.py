@@ -51,6 +51,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/applications/{app}/events"): {"probe": 1},
     ("post", "/subscriptions/"): {"target_url": "https://example.com/a-probe"},
     ("patch", "/subscriptions/{subscription_id}"): {"is_active": False},
+    ("post", "/subscriptions/{subscription_id}/secret/rotate"): {"overlap_seconds": 0},
     ("post", "/applications"): {"name": "probe"},
     ("patch", "/applications/{app}"): {"name": "hijacked"},
     ("post", "/applications/{app}/subscriptions"): {"target_url": "https://example.com/a-probe"},
