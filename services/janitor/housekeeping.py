@@ -23,6 +23,23 @@ from shared.settings import Settings
 # which read what is newer than their last poll, a second or so back; an hour of it is
 # plenty even for a process that was paused, and keeps the table small.
 CHANGE_LOG_KEPT = timedelta(hours=1)
+# Ended or expired browser sessions and used or expired portal links open nothing; a day
+# of them is kept for whoever asks "was that link used?".
+SESSIONS_KEPT = timedelta(days=1)
+_PRUNE = {
+    "subscription_changes": (
+        "DELETE FROM subscription_changes WHERE changed_at < :c",
+        CHANGE_LOG_KEPT,
+    ),
+    "web_sessions": (
+        "DELETE FROM web_sessions WHERE coalesce(ended_at, expires_at) < :c",
+        SESSIONS_KEPT,
+    ),
+    "portal_links": (
+        "DELETE FROM portal_links WHERE coalesce(used_at, expires_at) < :c",
+        SESSIONS_KEPT,
+    ),
+}
 
 # Session-level advisory lock key, fixed for every janitor on a database: the ASCII bytes
 # of "hookjani" read as a signed 64-bit integer.
@@ -35,7 +52,7 @@ class JanitorReport:
     now: datetime | None = None
     retention_hours: int | None = None
     tables: dict[str, TableReport] = field(default_factory=dict)
-    changes_pruned: int = 0
+    pruned: dict[str, int] = field(default_factory=dict)
     redis_keys: dict[str, KeyCount] | None = None
     seconds: float = 0.0
 
@@ -46,7 +63,7 @@ class JanitorReport:
             "now": self.now.isoformat() if self.now else None,
             "retention_hours": self.retention_hours,
             "tables": {name: t.as_dict() for name, t in self.tables.items()},
-            "subscription_changes_pruned": self.changes_pruned,
+            "pruned": self.pruned,
             "redis_keys": (
                 {n: {"count": k.count, "complete": k.complete} for n, k in self.redis_keys.items()}
                 if self.redis_keys is not None
@@ -73,7 +90,7 @@ async def run_once(
             if now is None:
                 now = await _db_now(conn)
             tables = await enforce_retention(conn, settings, now)
-            pruned = await _prune_changes(conn, now)
+            pruned = await _prune(conn, now)
         finally:
             await _unlock(conn)
     report = JanitorReport(
@@ -81,7 +98,7 @@ async def run_once(
         now=now,
         retention_hours=settings.retention_hours,
         tables=tables,
-        changes_pruned=pruned,
+        pruned=pruned,
     )
     if redis is not None:
         report.redis_keys = await count_keys(redis)
@@ -89,13 +106,14 @@ async def run_once(
     return report
 
 
-async def _prune_changes(conn: AsyncConnection, now: datetime) -> int:
+async def _prune(conn: AsyncConnection, now: datetime) -> dict[str, int]:
+    """Rows that only served for a while: the change log, dead sessions and links."""
+    counts = {}
     async with conn.begin():
-        result = await conn.execute(
-            text("DELETE FROM subscription_changes WHERE changed_at < :cutoff"),
-            {"cutoff": now - CHANGE_LOG_KEPT},
-        )
-        return int(result.rowcount)
+        for table, (statement, kept) in _PRUNE.items():
+            result = await conn.execute(text(statement), {"c": now - kept})
+            counts[table] = int(result.rowcount)
+    return counts
 
 
 async def _db_now(conn: AsyncConnection) -> datetime:

@@ -483,3 +483,56 @@ async def test_a_long_reader_defers_the_layout_change_instead_of_blocking(db: Db
     assert retry.tables["delivery_attempts"].dropped
     assert retry.tables["delivery_attempts"].created
     await _assert_partitions_ahead(db.conn, now)
+
+
+async def test_short_lived_rows_are_pruned_and_live_ones_kept(db: Db) -> None:
+    """The subscription change log after an hour; ended or expired sessions and used or
+    expired portal links after a day. Live sessions and fresh changes stay."""
+    now = datetime.now(UTC)
+    app = await db.conn.fetchval("SELECT id FROM applications WHERE uid = 'default'")
+
+    async def change(at: datetime) -> None:
+        await db.conn.execute(
+            "INSERT INTO subscription_changes (subscription_id, application_id, changed_at)"
+            " VALUES ($1, $2, $3)",
+            uuid.uuid4(),
+            app,
+            at,
+        )
+
+    async def session(expires: datetime, ended: datetime | None) -> None:
+        await db.conn.execute(
+            "INSERT INTO web_sessions (id, token_hash, kind, csrf, expires_at, ended_at)"
+            " VALUES ($1, $2, 'ui', 'c', $3, $4)",
+            uuid.uuid4(),
+            secrets.token_bytes(32),
+            expires,
+            ended,
+        )
+
+    async def link(expires: datetime, used: datetime | None) -> None:
+        await db.conn.execute(
+            "INSERT INTO portal_links (id, application_id, token_hash, expires_at, used_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            uuid.uuid4(),
+            app,
+            secrets.token_bytes(32),
+            expires,
+            used,
+        )
+
+    await change(now - timedelta(hours=2))
+    await change(now - timedelta(minutes=5))
+    await session(now + timedelta(hours=1), None)  # live
+    await session(now + timedelta(hours=1), now - timedelta(days=2))  # logged out long ago
+    await session(now - timedelta(days=2), None)  # expired long ago
+    await session(now - timedelta(hours=1), None)  # expired lately: kept a while
+    await link(now + timedelta(hours=1), None)  # unused, live
+    await link(now + timedelta(hours=1), now - timedelta(days=2))  # used long ago
+    await link(now - timedelta(days=3), None)  # expired long ago
+
+    report = await _janitor(db.settings)
+    assert report.pruned == {"subscription_changes": 1, "web_sessions": 2, "portal_links": 2}
+    assert await db.conn.fetchval("SELECT count(*) FROM subscription_changes") == 1
+    assert await db.conn.fetchval("SELECT count(*) FROM web_sessions") == 2
+    assert await db.conn.fetchval("SELECT count(*) FROM portal_links") == 1
