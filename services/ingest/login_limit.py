@@ -81,7 +81,3 @@ class LoginLimiter:
         window, retry_after = self._window()
         if await self._count(address, window, 0) >= LIMIT:
             raise TooManyAttempts(retry_after)
-
-    async def failed(self, address: str) -> None:
-        window, _ = self._window()
-        await self._count(address, window, 1)

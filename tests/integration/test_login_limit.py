@@ -7,6 +7,7 @@ when the window ends.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -43,7 +44,7 @@ async def test_the_lock_lifts_when_the_window_ends(
     limiter = LoginLimiter(redis, settings.topic_prefix)
     for _ in range(LIMIT):
         await limiter.check("192.0.2.1")
-        await limiter.failed("192.0.2.1")
+        await limiter.begin("192.0.2.1")
     with pytest.raises(TooManyAttempts) as refused:
         await limiter.check("192.0.2.1")
     assert refused.value.status_code == 429
@@ -68,10 +69,26 @@ async def test_without_redis_each_process_counts_alone(clock: list[float]) -> No
     try:
         limiter = LoginLimiter(down, "test")
         for _ in range(LIMIT):
-            await limiter.failed("192.0.2.3")
+            await limiter.begin("192.0.2.3")
         with pytest.raises(TooManyAttempts):
             await limiter.check("192.0.2.3")
         clock[0] = START + WINDOW
         await limiter.check("192.0.2.3")
     finally:
         await down.aclose()
+
+
+async def test_a_concurrent_burst_is_cut_at_the_limit_and_successes_do_not_count(
+    redis: Redis, settings: Settings, clock: list[float]
+) -> None:
+    limiter = LoginLimiter(redis, settings.topic_prefix)
+    results = await asyncio.gather(
+        *(limiter.begin("192.0.2.9") for _ in range(LIMIT * 2)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == LIMIT
+    assert all(isinstance(r, TooManyAttempts) for r in results if r is not None)
+    clock[0] = START + WINDOW  # a new minute
+    for _ in range(LIMIT * 2):  # attempts that succeed give their count back
+        await limiter.begin("192.0.2.9")
+        await limiter.succeeded("192.0.2.9")
+    await limiter.check("192.0.2.9")

@@ -82,12 +82,15 @@ async def login(request: Request) -> Response:
     session = UiSession(cookies.login_csrf_of(request.cookies.get(cookies.LOGIN_COOKIE)) or "")
     request.state.ui_session = session
     form = await read_form(request, session)
+    # Counted before the key is compared: a burst of concurrent guesses cannot all pass a
+    # check made before any of them failed.
+    await res.logins.begin(address)
     next_url = safe_next(form.get("next"))
     api_key: bytes | None = request.app.state.api_key
     if api_key is None or not key_matches(api_key, form.get("api_key")):
-        await res.logins.failed(address)
         log.warning("dashboard login refused", client=address)
         return _login_page(request, session, next_url=next_url, error="That API key is not valid.")
+    await res.logins.succeeded(address)
     # A new random token on login: nothing seen before it (a planted cookie) is worth anything.
     token, _ = await start_session(
         res.sessions, kind=UI, expires_at=datetime.now(UTC) + cookies.LIFETIME
