@@ -1,8 +1,9 @@
 """At most ``LIMIT`` failed logins a minute per client address, on ``/ui/login`` and
 ``/portal/login/*``; past that, 429 with ``Retry-After`` until the minute ends.
 
-Counted in Redis (one INCR per failure, keys expire with their minute), so every ingest
-replica sees the same count. Redis is an accelerator here as everywhere (design §8): when
+Counted in Redis (an INCR when an attempt begins, a DECR when it succeeds; keys expire
+with their minute), so every ingest replica sees the same count, and a burst of
+concurrent guesses is cut at the limit instead of all passing one check. Redis is an accelerator here as everywhere (design §8): when
 it does not answer, each process counts in its own memory instead, which still bounds a
 guesser to ``LIMIT`` a minute per process.
 """

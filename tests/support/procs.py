@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,12 +21,24 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, stack: IsolatedStack, name: str, *args: str, log_dir: Path, **env: str):
+    """``python -m services.<name>``; with ``launcher`` (a module and its arguments, e.g.
+    ``("bench.stalls", "probe", "--port", "8123")``), ``python -m <launcher...>
+    services.<name>``: a wrapper that runs the service in its own process."""
+
+    def __init__(
+        self,
+        stack: IsolatedStack,
+        name: str,
+        *args: str,
+        log_dir: Path,
+        launcher: Sequence[str] = (),
+        **env: str,
+    ):
         self.name = name
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}", *args],
+            [sys.executable, "-m", *launcher, f"services.{name}", *args],
             cwd=ROOT,
             env=stack.process_env(**env),
             stdout=self._log,
