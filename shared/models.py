@@ -133,6 +133,8 @@ class Subscription(Tenanted, Base):
     filter: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Extra headers sent with every delivery, name → value (validated at the API).
     headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    # Deliveries per second that may start (services/dispatcher/rates.py); null: no limit.
+    rate_limit: Mapped[int | None] = mapped_column(Integer)
     deactivated_reason: Mapped[str | None] = mapped_column(Text)
     # Consecutive failed deliveries and when the streak began (auto-deactivation).
     failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -92,6 +92,7 @@ class SubscriptionView:
     # The secret a rotation replaced, valid (signing and verifying) until this instant.
     previous_secret: str | None = None
     previous_until: datetime | None = None
+    rate_limit: int | None = None
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """The secrets that sign and verify now: the current one first, then the previous
@@ -120,6 +121,7 @@ class SubscriptionView:
             headers=tuple((sub.headers or {}).items()),
             previous_secret=sub.previous_secret_key,
             previous_until=sub.previous_secret_expires_at,
+            rate_limit=sub.rate_limit,
         )
 
 

@@ -12,6 +12,7 @@ attempt end as FAILURE with a dead letter.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -37,6 +38,7 @@ from services.dispatcher.delivery import (
 )
 from services.dispatcher.limits import TargetLimits
 from services.dispatcher.publishing import OutRecord, Publisher
+from services.dispatcher.rates import StartRates
 from services.dispatcher.sender import post
 from services.dispatcher.stalls import LoopStalls, ZombieFence
 from services.dispatcher.streaks import Streak
@@ -108,6 +110,7 @@ class DeliveryStage:
     stalls: LoopStalls | None = None
     fence: ZombieFence | None = None
     limits: TargetLimits = dataclasses.field(init=False)
+    rates: StartRates = dataclasses.field(init=False, default_factory=StartRates)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
     _can_defer: bool = dataclasses.field(init=False, default=True)
     _patience: timedelta = dataclasses.field(init=False, default=timedelta(0))
@@ -137,6 +140,8 @@ class DeliveryStage:
         elif not sub.is_active:
             outcome = Outcome.skipped("not delivered: subscription is inactive")
         else:
+            if sub.rate_limit and not await self._within_rate(job, sub.rate_limit):
+                return
             target = self._target(sub.target_url)
             if target.refused is not None:
                 outcome = Outcome.refused(target.refused)
@@ -159,6 +164,19 @@ class DeliveryStage:
                     outcome, duration_ms = attempted
                     await self._record_health(target, outcome)
         await self._record(job, sub, target_url, outcome, duration_ms)
+
+    async def _within_rate(self, job: DeliveryJob, rate: int) -> bool:
+        """Wait for the job's start under its subscription's rate limit (True), or put it
+        aside when that start is further than jobs wait in memory (False). Either way no
+        attempt is used: over the limit is not a failure, however long it lasts."""
+        while (wait := self.rates.reserve(job.subscription_id, rate)) is None:
+            if self._can_defer:
+                await self._defer(job, f"rate limit of {rate}/s: waiting its turn")
+                return False
+            await asyncio.sleep(1.0)  # no tier to wait on: wait here
+        if wait:
+            await asyncio.sleep(wait)  # cancellable: nothing has been sent
+        return True
 
     async def _record_health(self, target: Target, outcome: Outcome) -> None:
         if self.breaker is not None and (outcome.status_code or outcome.retryable):

@@ -3,9 +3,9 @@
 
 Counted in Redis (an INCR when an attempt begins, a DECR when it succeeds; keys expire
 with their minute), so every ingest replica sees the same count, and a burst of
-concurrent guesses is cut at the limit instead of all passing one check. Redis is an accelerator here as everywhere (design §8): when
-it does not answer, each process counts in its own memory instead, which still bounds a
-guesser to ``LIMIT`` a minute per process.
+concurrent guesses is cut at the limit instead of all passing one check. Redis is an
+accelerator here as everywhere (design §8): when it does not answer, each process counts
+in its own memory instead, which still bounds a guesser to ``LIMIT`` a minute per process.
 """
 
 from __future__ import annotations

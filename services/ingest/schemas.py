@@ -70,6 +70,15 @@ def _custom_headers(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+RateLimit = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=100_000,
+        description="deliveries per second that may start (the burst is the rate); jobs "
+        "over it wait, and are neither attempts nor failures; null: no limit",
+    ),
+]
 CustomHeaders = Annotated[
     dict[str, str],
     AfterValidator(_custom_headers),
@@ -121,11 +130,12 @@ class SubscriptionCreate(_Strict):
     is_active: StrictBool = True
     filter: BodyFilter | None = None
     headers: CustomHeaders | None = None
+    rate_limit: RateLimit | None = None
 
 
 class SubscriptionUpdate(_Strict):
-    """Only the fields present are changed. ``secret_key: null`` removes the secret,
-    ``filter: null`` the filter."""
+    """Only the fields present are changed. ``null`` removes ``secret_key``, ``filter``,
+    ``headers`` and ``rate_limit``."""
 
     target_url: TargetUrl | None = None
     secret_key: SecretKey | None = None
@@ -133,6 +143,7 @@ class SubscriptionUpdate(_Strict):
     is_active: StrictBool | None = None
     filter: BodyFilter | None = None
     headers: CustomHeaders | None = None
+    rate_limit: RateLimit | None = None
 
 
 MAX_OVERLAP_SECONDS = 7 * 86400
@@ -163,6 +174,7 @@ class SubscriptionOut(BaseModel):
     is_active: bool
     filter: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
+    rate_limit: int | None = None
     secret_rotated_at: datetime | None = None
     previous_secret_expires_at: datetime | None = Field(
         None, description="until then the previous secret signs and verifies too"

@@ -91,6 +91,7 @@ async def create_subscription(
         is_active=data.is_active,
         filter=data.filter,
         headers=data.headers,
+        rate_limit=data.rate_limit,
         failure_streak=0,
         created_at=now,
         updated_at=now,
@@ -141,7 +142,7 @@ async def update_subscription(
     # matching no row (a 500). With the lock, the read waits for it and finds nothing.
     sub = await get_subscription(session, subscription_id, for_update=True)
     fields = patch.model_fields_set
-    for name in fields - {"secret_key", "filter", "headers"}:
+    for name in fields - {"secret_key", "filter", "headers", "rate_limit"}:
         if getattr(patch, name) is None:
             raise Unprocessable(("body", name), "must not be null")
     if "target_url" in fields and patch.target_url is not None:
@@ -155,6 +156,8 @@ async def update_subscription(
         sub.filter = patch.filter  # null removes the filter
     if "headers" in fields:
         sub.headers = patch.headers  # null removes them
+    if "rate_limit" in fields:
+        sub.rate_limit = patch.rate_limit  # null removes the limit
     if "event_types" in fields and patch.event_types is not None:
         sub.event_types = _unique(patch.event_types)
     if "is_active" in fields and patch.is_active is not None:

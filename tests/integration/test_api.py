@@ -80,6 +80,9 @@ async def test_crud_round_trip_never_shows_the_secret_after_create(
         "application_id",
         "filter",
         "headers",
+        "rate_limit",
+        "secret_rotated_at",
+        "previous_secret_expires_at",
     }
     assert created["deactivated_reason"] is None
     sub_id = created["id"]

@@ -1,4 +1,4 @@
-"""Endpoint controls end to end (filters, custom headers, secret rotation): the API
+"""Endpoint controls end to end (filters, custom headers, secret rotation, rate limits): the API
 validates them; ingest, fan-out and delivery honour them."""
 
 from __future__ import annotations
@@ -7,11 +7,13 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.support.procs import ServiceProcess, running_service
@@ -192,3 +194,64 @@ async def test_during_a_rotation_both_secrets_sign_and_verify_then_only_the_new(
     Webhook(new).verify(last.body, dict(last.headers))
     with pytest.raises(WebhookVerificationError):
         Webhook(old).verify(last.body, dict(last.headers))
+
+
+def deliveries_partition(subscription_id: str, partitions: int) -> int:
+    """The partition the dispatcher publishes a subscription's jobs to (keyed by its id)."""
+    chosen: int = DefaultPartitioner()(subscription_id.encode(), list(range(partitions)), [])
+    return chosen
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_a_rate_limited_subscription_is_paced_and_its_neighbour_is_not(
+    operator: httpx.AsyncClient, target: TargetServer, module_stack: IsolatedStack
+) -> None:
+    partitions = module_stack.settings().deliveries_partitions
+    app = (await operator.post("/applications", json={"name": "rates"})).json()["id"]
+
+    async def add(path: str, rate: int | None) -> str:
+        r = await operator.post(
+            f"/applications/{app}/subscriptions",
+            json={"target_url": target.url(path), "event_types": ["paced"], "rate_limit": rate},
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    limited = await add("/limited", 5)
+    # A neighbour whose jobs share the limited one's partition: the one that must not wait.
+    while True:
+        neighbour = await add("/neighbour", None)
+        if deliveries_partition(neighbour, partitions) == deliveries_partition(limited, partitions):
+            break
+        await operator.delete(f"/subscriptions/{neighbour}")
+    assert (await operator.get(f"/subscriptions/{limited}")).json()["rate_limit"] == 5
+    bad = await operator.post(
+        "/subscriptions/", json={"target_url": "https://e.example/", "rate_limit": 0}
+    )
+    assert bad.status_code == 422
+
+    started = time.time()
+    answers = await asyncio.gather(
+        *(
+            operator.post(
+                f"/applications/{app}/events",
+                content=b'{"n": %d}' % n,
+                headers={"x-webhook-event": "paced"},
+            )
+            for n in range(50)
+        )
+    )
+    assert all(r.status_code == 202 for r in answers)
+    await target.wait_for(50, path="/neighbour", timeout=30)
+    neighbour_done = max(r.at for r in target.received("/neighbour")) - started
+    got = await target.wait_for(50, path="/limited", timeout=60)
+    arrivals = sorted(r.at for r in got)
+    assert neighbour_done < 5.0, f"the neighbour waited {neighbour_done:.1f} s"
+    assert arrivals[-1] - arrivals[0] >= 8.5, arrivals[-1] - arrivals[0]
+    # No window of a second holds more than 5 starts (arrivals, with a little slack for
+    # the path from start to arrival).
+    busiest = max(sum(1 for b in arrivals if a <= b < a + 0.9) for a in arrivals)
+    assert busiest <= 5, busiest
+    await asyncio.sleep(1.0)
+    assert len(target.received("/limited")) == 50  # none twice, none lost
+    assert len({r.body for r in target.received("/limited")}) == 50
