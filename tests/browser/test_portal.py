@@ -389,6 +389,7 @@ async def test_endpoints_are_edited_disabled_given_a_new_secret_and_deleted(
 
     await page.click("#rotate-secret")
     await expect(page.locator("h1")).to_have_text("New signing secret")
+    await expect(page.locator(".notice")).to_contain_text("with the previous one too until")
     second_secret = (await page.locator("#secret").inner_text()).strip()
     assert second_secret.startswith("whsec_")
     assert second_secret != first_secret
@@ -398,6 +399,7 @@ async def test_endpoints_are_edited_disabled_given_a_new_secret_and_deleted(
             stored = await db.get(Subscription, uuid.UUID(sub_id))
             assert stored is not None
             assert stored.secret_key == second_secret
+            assert stored.previous_secret_key == first_secret  # a day's overlap
     finally:
         await engine.dispose()
 

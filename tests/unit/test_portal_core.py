@@ -3,7 +3,6 @@ filter parsing, secrets, test events and the dispatcher's rule for them."""
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,9 +12,11 @@ import pytest
 from services.dispatcher.delivery import request_headers
 from services.dispatcher.fanout import Payload, not_wanted_reason
 from services.ingest.errors import Unprocessable
-from services.ingest.portal.headers import elide, sent_at, sent_headers
+from services.ingest.portal.headers import elide, sent_at, sent_headers, signatures_at
 from services.ingest.portal.queries import DeliveryFilters, input_value, parse_filters
-from services.ingest.portal.service import new_secret, sample_payload
+from services.ingest.portal.service import sample_payload
+from services.ingest.subscriptions import generate_secret
+from shared.models import Subscription
 from shared.records import TEST_EVENT_TYPE, DeliveryJob
 from shared.signing import standard_webhooks_key
 from shared.subscriptions import SubscriptionView
@@ -34,21 +35,29 @@ def job(event_type: str = "order.paid") -> DeliveryJob:
     )
 
 
-@pytest.mark.parametrize("secret", [None, "s3cret", new_secret()])
-def test_shown_headers_are_the_dispatchers_with_signatures_elided(secret: str | None) -> None:
+@pytest.mark.parametrize("secret", [None, "s3cret", generate_secret()])
+@pytest.mark.parametrize("previous", [None, generate_secret()])
+@pytest.mark.parametrize("custom", [(), (("x-tenant", "acme"), ("authorization", "Bearer t"))])
+def test_shown_headers_are_the_dispatchers_with_signatures_elided(
+    secret: str | None, previous: str | None, custom: tuple[tuple[str, str], ...]
+) -> None:
     j = job()
+    previous_key = standard_webhooks_key(previous) if secret and previous else None
     sent = request_headers(
         j,
         timestamp=1_767_225_600,
         secret=secret,
         signing_key=standard_webhooks_key(secret) if secret else None,
+        custom=custom,
+        previous_key=previous_key,
     )
     shown = sent_headers(
         delivery_id=j.delivery_id,
         event_type=j.event_type,
         content_type=j.content_type,
         timestamp=1_767_225_600,
-        signed=secret is not None,
+        signatures=0 if secret is None else 2 if previous_key else 1,
+        custom=dict(custom),
     )
     assert shown == [(name, elide(name, value)) for name, value in sent.items()]
     for name, value in shown:
@@ -60,6 +69,7 @@ def test_shown_headers_are_the_dispatchers_with_signatures_elided(secret: str | 
 def test_elide_keeps_the_scheme_only() -> None:
     assert elide("webhook-signature", "v1,abc+/=") == "v1,…"
     assert elide("x-hub-signature-256", "sha256=00ff") == "sha256=…"
+    assert elide("webhook-signature", "v1,abc v1,def") == "v1,… v1,…"
     assert elide("webhook-signature", "garbage") == "…"
     assert elide("webhook-id", "msg_1") == "msg_1"
 
@@ -103,14 +113,6 @@ def test_bad_filters_are_refused(fields: tuple[str | None, ...]) -> None:
         parse_filters(*fields)
 
 
-def test_new_secrets_are_standard_webhooks_keys() -> None:
-    a, b = new_secret(), new_secret()
-    assert a != b
-    assert a.startswith("whsec_")
-    assert standard_webhooks_key(a) == base64.b64decode(a.removeprefix("whsec_"))
-    assert len(standard_webhooks_key(a)) == 24
-
-
 def test_sample_payload() -> None:
     sent = datetime(2026, 1, 31, 12, 0, tzinfo=UTC) + timedelta(microseconds=5)
     body = json.loads(sample_payload(sent))
@@ -141,3 +143,18 @@ def test_a_test_event_reaches_its_endpoint_whatever_types_it_lists() -> None:
         not_wanted_reason(disabled, TEST_EVENT_TYPE, body)
         == "not delivered: subscription is inactive"
     )
+
+
+def test_signatures_follow_the_endpoints_rotation() -> None:
+    rotated = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+    sub = Subscription(
+        secret_key="new",
+        previous_secret_key="old",
+        secret_rotated_at=rotated,
+        previous_secret_expires_at=rotated + timedelta(days=1),
+    )
+    assert signatures_at(None, rotated) == 0
+    assert signatures_at(Subscription(secret_key=None), rotated) == 0
+    assert signatures_at(sub, rotated - timedelta(seconds=1)) == 1  # before the rotation
+    assert signatures_at(sub, rotated + timedelta(hours=1)) == 2  # during the overlap
+    assert signatures_at(sub, rotated + timedelta(days=2)) == 1  # after it

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from services.ingest.errors import Conflict, HookstreamError, NotFound, Unprocessable
 from services.ingest.portal.pages import delivery_page_response, endpoint_form
 from services.ingest.portal.queries import parse_time
-from services.ingest.portal.service import new_secret, send_test_event
+from services.ingest.portal.service import send_test_event
 from services.ingest.portal.web import (
     PREFIX,
     Portal,
@@ -26,13 +26,15 @@ from services.ingest.portal.web import (
 )
 from services.ingest.redelivery import replay_failures, retry_delivery
 from services.ingest.resources import from_request
-from services.ingest.schemas import SubscriptionCreate, SubscriptionUpdate
+from services.ingest.schemas import SecretRotate, SubscriptionCreate, SubscriptionUpdate
 from services.ingest.status import delivery_status
 from services.ingest.subscriptions import (
     announce_change,
     create_subscription,
     delete_subscription,
+    generate_secret,
     get_subscription,
+    rotate_secret,
     update_subscription,
 )
 from services.ingest.ui.forms import event_types, field_errors
@@ -52,7 +54,7 @@ async def create(request: Request, portal: PortalLoggedIn) -> Response:
     form = await read_form(request, portal)
     res = from_request(request)
     values = {k: form.get(k, "") for k in ("target_url", "event_types")}
-    secret = new_secret()
+    secret = generate_secret()
     try:
         data = SubscriptionCreate(
             target_url=values["target_url"].strip(),
@@ -125,19 +127,15 @@ async def set_active(
 
 
 @router.post(f"{ENDPOINTS}/{{subscription_id}}/secret")
-async def rotate_secret(
+async def new_secret(
     subscription_id: uuid.UUID, request: Request, portal: PortalLoggedIn
 ) -> Response:
     await read_form(request, portal)
     res = from_request(request)
-    secret = new_secret()
+    # The previous secret keeps signing for the API's default overlap (a day), so the
+    # receiver can switch without dropping a delivery.
     async with portal.tenant.begin() as db:
-        sub = await update_subscription(
-            db,
-            subscription_id,
-            SubscriptionUpdate(secret_key=secret),
-            max_url_length=res.settings.max_url_length,
-        )
+        sub, secret = await rotate_secret(db, subscription_id, SecretRotate())
     await announce_change(res, subscription_id)
     log.info("endpoint secret rotated", subscription_id=str(subscription_id), **_fields(portal))
     return render(request, "portal/secret.html", sub=sub, secret=secret, created=False)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from services.ingest import pagination
 from services.ingest.errors import NotFound
 from services.ingest.portal import queries
-from services.ingest.portal.headers import sent_at, sent_headers
+from services.ingest.portal.headers import sent_at, sent_headers, signatures_at
 from services.ingest.portal.web import PREFIX, Portal, PortalLoggedIn, PortalRoute, render
 from services.ingest.redelivery import DEFAULT_REPLAY_WINDOW, stored_event
 from services.ingest.schemas import AttemptOut, SubscriptionOut
@@ -146,6 +146,7 @@ async def endpoint_page(
         more_deliveries=len(recent) > RECENT_DELIVERIES,
         deliveries_query=filters.query(),
         recover_since=f"{now - DEFAULT_REPLAY_WINDOW:%Y-%m-%dT%H:%M}",
+        now=now,
         notice=notice_text(notice, n, expired),
     )
 
@@ -237,12 +238,14 @@ async def delivery_page_response(
         refresh = REFRESH_SECONDS
     elif still_retrying:
         refresh = RETRYING_REFRESH_SECONDS
+    timestamp = sent_at(latest.created_at, latest.duration_ms)
     headers = sent_headers(
         delivery_id=delivery_id,
         event_type=latest.event_type,
         content_type=event.content_type if event else "—",
-        timestamp=sent_at(latest.created_at, latest.duration_ms),
-        signed=sub is not None and sub.secret_key is not None,
+        timestamp=timestamp,
+        signatures=signatures_at(sub, datetime.fromtimestamp(timestamp, UTC)),
+        custom=sub.headers if sub else None,
     )
     return render(
         request,

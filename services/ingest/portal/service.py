@@ -1,10 +1,8 @@
-"""What the portal does that the API has no route for: endpoint secrets it makes itself,
-and test events. Both act through the portal's tenant (``tenancy.Tenant``)."""
+"""What the portal does that the API has no route for: test events, through the portal's
+tenant (``tenancy.Tenant``)."""
 
 from __future__ import annotations
 
-import base64
-import secrets
 import uuid
 from datetime import UTC, datetime
 
@@ -15,16 +13,6 @@ from services.ingest.resources import Resources
 from services.ingest.subscriptions import get_subscription
 from services.ingest.tenancy import Tenant
 from shared.records import TEST_EVENT_TYPE, EventRecord, delivery_id_for
-from shared.signing import WHSEC_PREFIX
-
-# 24 random bytes, as Svix and the Standard Webhooks examples use: 192 bits of key.
-SECRET_BYTES = 24
-
-
-def new_secret() -> str:
-    """A Standard Webhooks secret (``whsec_`` + base64): the dispatcher signs with the
-    decoded bytes, so receivers' Standard Webhooks libraries verify it as it is."""
-    return WHSEC_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
 def sample_payload(sent_at: datetime) -> bytes:
