@@ -17,6 +17,11 @@ per-subscription query ~30-45 ms). So the overview is measured three ways: the f
 load after start-up, back to back, and after the 5 s freshness ran out; and start-up
 itself (process start to healthy) is reported. Target: every page under 100 ms.
 
+Every loaded row belongs to the default application, so the consumer portal (``/portal``,
+opened with a portal link for it) is timed on an application with 100,000 attempts: its
+endpoints, an endpoint, the deliveries list (first page, a filtered page, the second
+page), a delivery and the dead letters. Same target.
+
 Run alone: ``python -m bench ui``.
 """
 
@@ -114,6 +119,23 @@ def _login(client: httpx.Client, api_key: str) -> None:
     assert r.status_code == 303, r.text
 
 
+def _portal_login(client: httpx.Client, api_key: str) -> None:
+    """A portal session for the default application (where every loaded row lives)."""
+    r = client.post(
+        "/applications/default/portal-links", headers={"Authorization": f"Bearer {api_key}"}
+    )
+    assert r.status_code == 201, r.text
+    r = client.get(r.json()["url"])
+    assert r.status_code == 303, r.text
+
+
+def _older(client: httpx.Client, path: str) -> str:
+    """The deliveries list's second page (the "older" link of the first)."""
+    found = re.search(r'href="(/portal/deliveries\?[^"]+)" id="older"', client.get(path).text)
+    assert found, "the deliveries list has no second page"
+    return found.group(1).replace("&amp;", "&")
+
+
 def _time(client: httpx.Client, path: str) -> float:
     start = time.perf_counter()
     r = client.get(path)
@@ -149,6 +171,27 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
         "subscription_ms": (f"/ui/subscriptions/{ids['subscription']}", "500 attempts"),
         "delivery_ms": (f"/ui/deliveries/{ids['delivery']}", "4 attempts + payload"),
         "dlq_ms": ("/ui/dlq", f"latest 200 of {FAILED} dead letters"),
+    }
+    delivered = SUCCEEDED + FAILED
+    portal_pages = {
+        "portal_endpoints_ms": ("/portal", f"50 of {SUBSCRIPTIONS} endpoints with 1 h health"),
+        "portal_endpoint_ms": (
+            f"/portal/endpoints/{ids['subscription']}",
+            "an endpoint and its latest 20 deliveries",
+        ),
+        "portal_deliveries_ms": (
+            "/portal/deliveries",
+            f"newest 50 of {delivered:,} deliveries, one row each (latest attempt)",
+        ),
+        "portal_deliveries_failed_ms": (
+            "/portal/deliveries?status=FAILURE",
+            f"filtered to the {FAILED:,} that failed: the newest 50",
+        ),
+        "portal_delivery_ms": (
+            f"/portal/deliveries/{ids['delivery']}",
+            "4 attempts, headers as sent, payload",
+        ),
+        "portal_dlq_ms": ("/portal/dlq", f"latest 200 of {FAILED} dead letters"),
     }
     started = time.monotonic()
     server = IngestServer(
@@ -191,6 +234,17 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
                     "statistics past their 5 s freshness: served stale, recomputed in background",
                 )
             )
+        # The consumer portal of the application that holds all 100,000 attempts.
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            _portal_login(client, server.api_key)
+            portal_pages["portal_deliveries_older_ms"] = (
+                _older(client, "/portal/deliveries"),
+                "second page by keyset cursor",
+            )
+            for metric, (path, note) in portal_pages.items():
+                for _ in range(WARMUP):
+                    _time(client, path)
+                rows.append(_row(metric, [_time(client, path) for _ in range(REQUESTS)], note))
     finally:
         server.stop()
     rows.append(
