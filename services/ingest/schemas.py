@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from shared.filters import FilterError, compile_filter
 from shared.webhook_headers import is_reserved
@@ -44,6 +45,29 @@ TargetUrl = Annotated[
 SecretKey = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_storable)]
 
 MAX_EVENT_TYPES = 100
+# JSON documents stored in jsonb (filters, metadata) nest at most this deep.
+MAX_JSON_DEPTH = 16
+
+
+def storable_json(value: Any, max_depth: int = MAX_JSON_DEPTH, depth: int = 0) -> None:
+    """What PostgreSQL's jsonb stores and every JSON client reads back: no NUL or lone
+    surrogate in a string or key, finite numbers, bounded nesting (checked before it can
+    recurse deep). Raises ValueError."""
+    if depth > max_depth:
+        raise ValueError(f"must nest at most {max_depth} levels")
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not contain NaN or Infinity")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            storable_json(item, max_depth, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            storable_json(item, max_depth, depth + 1)
+
+
 MAX_HEADERS = 20
 MAX_HEADER_VALUE = 1024
 # An HTTP token (RFC 9110): what a header name may be.
@@ -71,7 +95,7 @@ def _custom_headers(value: dict[str, str]) -> dict[str, str]:
 
 
 RateLimit = Annotated[
-    int,
+    StrictInt,
     Field(
         ge=1,
         le=100_000,
@@ -91,6 +115,7 @@ CustomHeaders = Annotated[
 
 
 def _compiles(value: dict[str, Any]) -> dict[str, Any]:
+    storable_json(value)
     try:
         compile_filter(value)
     except FilterError as exc:
@@ -153,7 +178,7 @@ class SecretRotate(_Strict):
     secret_key: SecretKey | None = Field(
         None, description="the new secret; absent: `whsec_` + base64 of 32 random bytes"
     )
-    overlap_seconds: int = Field(
+    overlap_seconds: StrictInt = Field(
         86400,
         ge=0,
         le=MAX_OVERLAP_SECONDS,

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+)
 
-from services.ingest.schemas import _storable
+from services.ingest.schemas import _storable, storable_json
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 16
@@ -28,27 +34,15 @@ def _path_safe(value: str) -> str:
     raise ValueError("must not be a UUID (a path would read it as an application id)")
 
 
-def _storable_json(value: Any, depth: int = 0) -> None:
-    """What PostgreSQL's jsonb stores and every JSON client reads back: no NUL or lone
-    surrogate in a string, finite numbers, bounded nesting (checked before it can recurse
-    deep)."""
-    if depth > MAX_METADATA_DEPTH:
-        raise ValueError(f"must nest at most {MAX_METADATA_DEPTH} levels")
-    if isinstance(value, str):
-        _storable(value)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must not contain NaN or Infinity")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key)
-            _storable_json(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _storable_json(item, depth + 1)
+def _text_only(value: Any) -> Any:
+    """A date-time as text only: pydantic would take a bare number as a Unix time."""
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
 
 
 def _small(value: dict[str, Any]) -> dict[str, Any]:
-    _storable_json(value)
+    storable_json(value, MAX_METADATA_DEPTH)
     if len(json.dumps(value, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return value
@@ -104,7 +98,7 @@ class ApplicationOut(BaseModel):
 
 class ApiKeyCreate(_Strict):
     name: Name
-    expires_at: datetime | None = Field(
+    expires_at: Annotated[AwareDatetime, BeforeValidator(_text_only)] | None = Field(
         None, description="RFC 3339 date-time with offset; absent: the key does not expire"
     )
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,7 +34,7 @@ DEFAULT_EXPIRES_IN = 3600
 class PortalLinkCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    expires_in: int = Field(
+    expires_in: StrictInt = Field(
         DEFAULT_EXPIRES_IN,
         ge=60,
         le=86400,
