@@ -16,11 +16,11 @@ from shared.models import DEFAULT_APPLICATION_ID
 
 Headers = list[tuple[str, bytes]]
 
-# The portal's "send a test event": a targeted record of this type reaches its
-# subscription whatever event types it lists (fan-out still matches types as usual).
-# Ingest's POST /ingest/{id} refuses a type its subscription does not list before it
-# publishes, so only the portal's own records rely on this.
+# Test events (services/ingest/test_events.py): their default type, and the trigger their
+# records and attempts carry. A targeted record with this trigger reaches its subscription
+# whatever its event types and filter say; only ingest's own code sets a trigger.
 TEST_EVENT_TYPE = "hookstream.test"
+TEST_TRIGGER = "test"
 
 
 class RecordError(ValueError):
@@ -80,6 +80,8 @@ class EventRecord:
     body: bytes
     subscription_id: uuid.UUID | None = None
     application_id: uuid.UUID = DEFAULT_APPLICATION_ID
+    # Who caused it: "ingest" for every webhook; "test" for a test event.
+    trigger: str = "ingest"
 
     @property
     def key(self) -> bytes:
@@ -95,6 +97,8 @@ class EventRecord:
         ]
         if self.subscription_id is not None:
             h.append(("subscription_id", str(self.subscription_id).encode()))
+        if self.trigger != "ingest":
+            h.append(("trigger", self.trigger.encode()))
         return h
 
     @classmethod
@@ -108,6 +112,7 @@ class EventRecord:
             body=value or b"",
             subscription_id=_uuid(h, "subscription_id") if "subscription_id" in h else None,
             application_id=_application(h),
+            trigger=h.get("trigger", b"ingest").decode(errors="replace"),
         )
 
 
@@ -137,6 +142,7 @@ class DeliveryJob:
     def for_event(cls, event: EventRecord, subscription_id: uuid.UUID) -> Self:
         return cls(
             application_id=event.application_id,
+            trigger=event.trigger,
             delivery_id=delivery_id_for(event.event_id, subscription_id),
             event_id=event.event_id,
             subscription_id=subscription_id,

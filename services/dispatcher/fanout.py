@@ -1,8 +1,8 @@
 """Fan-out stage: one event from ``<prefix>.events`` → one delivery job per subscription.
 
 Targeted events (``POST /ingest/{id}``) go to their subscription after re-checking that it
-still exists, is active and wants the event type (any type for the portal's test
-events, ``TEST_EVENT_TYPE``); fan-out events (``POST /events``) go
+still exists, is active, wants the event type and matches its filter (a test event,
+trigger ``test``, goes whatever they say); fan-out events (``POST /events``) go
 to every active subscription that matches, from the subscription cache. Jobs are keyed
 by subscription id with ``delivery_id = uuid5(event_id, subscription_id)``, so replaying
 an event after a crash reproduces the same ids.
@@ -36,7 +36,7 @@ from services.dispatcher.stalls import ZombieFence
 from shared.logging import get_logger
 from shared.metrics import DELIVERIES
 from shared.models import AttemptStatus
-from shared.records import TEST_EVENT_TYPE, DeliveryJob, EventRecord
+from shared.records import TEST_TRIGGER, DeliveryJob, EventRecord
 from shared.subscriptions import SubscriptionCache, SubscriptionView
 from shared.topics import Topics
 
@@ -115,7 +115,7 @@ def _decode(body: bytes) -> Any:
 
 
 def not_wanted_reason(
-    sub: SubscriptionView | None, event_type: str, payload: Payload
+    sub: SubscriptionView | None, event: EventRecord, payload: Payload
 ) -> str | None:
     """Why a targeted event is not delivered to its subscription, or None to deliver.
     A test event goes to its subscription whatever its types and filter say."""
@@ -123,8 +123,9 @@ def not_wanted_reason(
         return "not delivered: subscription no longer exists"
     if not sub.is_active:
         return "not delivered: subscription is inactive"
-    if event_type == TEST_EVENT_TYPE:
+    if event.trigger == TEST_TRIGGER:
         return None
+    event_type = event.event_type
     if not sub.wants(event_type):
         return f"not delivered: subscription no longer accepts event type {event_type!r}"
     if not payload.accepted_by(sub):
@@ -155,7 +156,7 @@ class FanOutStage:
             payload = Payload(event.body)
             if event.subscription_id is not None:
                 sub = await self.cache.get(event.subscription_id, event.application_id)
-                reason = not_wanted_reason(sub, event.event_type, payload)
+                reason = not_wanted_reason(sub, event, payload)
                 if reason is not None:
                     durable.append(self._not_delivered(event, sub, reason))
                     continue

@@ -18,6 +18,7 @@ from services.ingest import (
     stats,
     status,
     subscriptions,
+    test_events,
     tools,
     ui,
 )
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HeaderLimitMiddleware, limit=settings.max_header_bytes)
     app.include_router(events.router)
     app.include_router(subscriptions.router)
+    app.include_router(test_events.router)
     app.include_router(applications.router)
     app.include_router(subscriptions.app_router)
     app.include_router(portal_links.router)

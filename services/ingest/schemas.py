@@ -233,6 +233,20 @@ class Filtered(BaseModel):
     message: str
 
 
+class TestEventRequest(_Strict):
+    event_type: EventType = Field(
+        "hookstream.test", description="the type the example event carries"
+    )
+
+
+class TestEventAccepted(BaseModel):
+    status: Literal["accepted"]
+    event_id: uuid.UUID
+    delivery_id: uuid.UUID = Field(description="= the webhook-id the target will see")
+    event_type: str
+    message: str
+
+
 class EventAccepted(BaseModel):
     status: Literal["accepted"]
     event_id: uuid.UUID

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -257,3 +258,38 @@ async def test_a_rate_limited_subscription_is_paced_and_its_neighbour_is_not(
     await asyncio.sleep(1.0)
     assert len(target.received("/limited")) == 50  # none twice, none lost
     assert len({r.body for r in target.received("/limited")}) == 50
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_a_test_event_reaches_only_its_subscription_whatever_its_types_and_filter(
+    operator: httpx.AsyncClient, target: TargetServer
+) -> None:
+    narrow = {"event_types": ["order.paid"], "filter": {"never": {"$exists": True}}}
+    r = await operator.post("/subscriptions/", json={"target_url": target.url("/t"), **narrow})
+    sub = r.json()["id"]
+    other = await operator.post(
+        "/subscriptions/", json={"target_url": target.url("/other"), "event_types": []}
+    )
+    assert other.status_code == 201
+    r = await operator.post(f"/subscriptions/{sub}/test", json={"event_type": "ping.test"})
+    assert r.status_code == 202, r.text
+    answer = r.json()
+    (got,) = await target.wait_for(1, path="/t", timeout=20)
+    assert got.headers["webhook-id"] == answer["delivery_id"]
+    assert got.headers["x-webhook-event"] == "ping.test"
+    assert json.loads(got.body)["type"] == "ping.test"
+    status = None
+    for _ in range(100):
+        status = await operator.get(f"/status/deliveries/{answer['delivery_id']}")
+        if status.status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert status is not None
+    assert status.json()["latest_attempt"]["trigger"] == "test"
+    assert (await operator.post(f"/subscriptions/{sub}/test")).status_code == 202  # no body
+    await target.wait_for(2, path="/t", timeout=20)
+    await asyncio.sleep(0.5)
+    assert target.received("/other") == []  # to this subscription only
+
+    await operator.patch(f"/subscriptions/{sub}", json={"is_active": False})
+    assert (await operator.post(f"/subscriptions/{sub}/test")).status_code == 409

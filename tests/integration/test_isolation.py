@@ -52,6 +52,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/subscriptions/"): {"target_url": "https://example.com/a-probe"},
     ("patch", "/subscriptions/{subscription_id}"): {"is_active": False},
     ("post", "/subscriptions/{subscription_id}/secret/rotate"): {"overlap_seconds": 0},
+    ("post", "/subscriptions/{subscription_id}/test"): {"event_type": "probe"},
     ("post", "/applications"): {"name": "probe"},
     ("patch", "/applications/{app}"): {"name": "hijacked"},
     ("post", "/applications/{app}/subscriptions"): {"target_url": "https://example.com/a-probe"},

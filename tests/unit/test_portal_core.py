@@ -14,10 +14,10 @@ from services.dispatcher.fanout import Payload, not_wanted_reason
 from services.ingest.errors import Unprocessable
 from services.ingest.portal.headers import elide, sent_at, sent_headers, signatures_at
 from services.ingest.portal.queries import DeliveryFilters, input_value, parse_filters
-from services.ingest.portal.service import sample_payload
 from services.ingest.subscriptions import generate_secret
+from services.ingest.test_events import sample_payload
 from shared.models import Subscription
-from shared.records import TEST_EVENT_TYPE, DeliveryJob
+from shared.records import TEST_EVENT_TYPE, TEST_TRIGGER, DeliveryJob, EventRecord
 from shared.signing import standard_webhooks_key
 from shared.subscriptions import SubscriptionView
 
@@ -121,17 +121,34 @@ def test_sample_payload() -> None:
     assert body["message"]
 
 
-def test_a_test_event_reaches_its_endpoint_whatever_types_it_lists() -> None:
+def test_a_test_event_reaches_its_endpoint_whatever_types_and_filter_it_has() -> None:
     sub = SubscriptionView(
         id=uuid.uuid4(),
         target_url="https://example.com/hook",
         secret_key=None,
         event_types=frozenset({"order.paid"}),
         is_active=True,
+        accepts=lambda _body: False,
     )
-    body = Payload(sample_payload(datetime.now(UTC)))
-    assert not_wanted_reason(sub, TEST_EVENT_TYPE, body) is None
-    assert not_wanted_reason(sub, "order.refunded", body) is not None
+    raw = sample_payload(datetime.now(UTC))
+    body = Payload(raw)
+
+    def event(event_type: str, trigger: str) -> EventRecord:
+        return EventRecord(
+            event_id=uuid.uuid4(),
+            event_type=event_type,
+            received_at=datetime.now(UTC),
+            content_type="application/json",
+            body=raw,
+            subscription_id=sub.id,
+            trigger=trigger,
+        )
+
+    assert not_wanted_reason(sub, event(TEST_EVENT_TYPE, TEST_TRIGGER), body) is None
+    assert not_wanted_reason(sub, event("order.paid", TEST_TRIGGER), body) is None
+    # The type alone opens nothing: only the trigger, which producers cannot set.
+    assert not_wanted_reason(sub, event(TEST_EVENT_TYPE, "ingest"), body) is not None
+    assert not_wanted_reason(sub, event("order.paid", "ingest"), body) is not None
     disabled = SubscriptionView(
         id=sub.id,
         target_url=sub.target_url,
@@ -140,7 +157,7 @@ def test_a_test_event_reaches_its_endpoint_whatever_types_it_lists() -> None:
         is_active=False,
     )
     assert (
-        not_wanted_reason(disabled, TEST_EVENT_TYPE, body)
+        not_wanted_reason(disabled, event(TEST_EVENT_TYPE, TEST_TRIGGER), body)
         == "not delivered: subscription is inactive"
     )
 

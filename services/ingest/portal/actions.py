@@ -14,7 +14,6 @@ from starlette.responses import Response
 from services.ingest.errors import Conflict, HookstreamError, NotFound, Unprocessable
 from services.ingest.portal.pages import delivery_page_response, endpoint_form
 from services.ingest.portal.queries import parse_time
-from services.ingest.portal.service import send_test_event
 from services.ingest.portal.web import (
     PREFIX,
     Portal,
@@ -37,6 +36,7 @@ from services.ingest.subscriptions import (
     rotate_secret,
     update_subscription,
 )
+from services.ingest.test_events import send_test_event
 from services.ingest.ui.forms import event_types, field_errors
 from services.ingest.ui.web import describe
 from shared.logging import get_logger
@@ -156,7 +156,7 @@ async def send_test(
     subscription_id: uuid.UUID, request: Request, portal: PortalLoggedIn
 ) -> Response:
     await read_form(request, portal)
-    delivery_id = await send_test_event(from_request(request), portal.tenant, subscription_id)
+    _, delivery_id = await send_test_event(from_request(request), portal.tenant, subscription_id)
     log.info(
         "test event sent",
         subscription_id=str(subscription_id),
