@@ -21,12 +21,11 @@ returns a predicate; callers compile once per subscription version, not per even
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Callable
 from typing import Any
-
-import orjson
 
 Predicate = Callable[[Any], bool]
 
@@ -58,7 +57,7 @@ def compile_filter(spec: Any) -> Predicate:
     """The predicate for ``spec`` (a decoded JSON object); raises FilterError."""
     if not isinstance(spec, dict):
         raise FilterError("", "must be a JSON object")
-    if len(orjson.dumps(spec)) > MAX_BYTES:
+    if len(json.dumps(spec, separators=(",", ":")).encode()) > MAX_BYTES:
         raise FilterError("", f"must be at most {MAX_BYTES} bytes as JSON")
     budget = [MAX_CONDITIONS]
     test = _object(spec, "", 0, budget)
