@@ -20,7 +20,17 @@ from typing import Any
 
 from tests.support.stack import IsolatedStack
 
-SECTIONS = ("ingest", "delivery", "fanout", "isolation", "janitor", "ui", "applications")
+SECTIONS = (
+    "ingest",
+    "delivery",
+    "fanout",
+    "isolation",
+    "janitor",
+    "ui",
+    "applications",
+    "scale",
+    "targets",
+)
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -66,7 +66,8 @@ RECENT_CHANGES = 10_000
 _POLL = text(
     """
     WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-    SELECT snap.xmin::text AS xmin, c.subscription_id, c.application_id
+    SELECT snap.xmin::text AS xmin, c.id, c.txid::text AS txid, c.subscription_id,
+        c.application_id
     FROM snap
     LEFT JOIN subscription_changes c ON c.txid >= CAST(CAST(:since AS text) AS xid8)
     """
@@ -219,6 +220,11 @@ class SubscriptionCache:
         self._fetching: SingleFlight[uuid.UUID, SubscriptionView | None] = SingleFlight()
         # Poll state: the watermark, a generation per poll, and the recent changes.
         self._since: str | None = None
+        # Change rows at or past the watermark already applied (id -> txid): a transaction
+        # left open anywhere holds the watermark back, and every poll then returns the same
+        # rows again; without this each poll would re-read them all (seconds per poll after
+        # a thousand changes).
+        self._applied: dict[int, int] = {}
         self._generation = 0
         self._recent: collections.deque[tuple[int, uuid.UUID, uuid.UUID]] = collections.deque(
             maxlen=RECENT_CHANGES
@@ -382,10 +388,15 @@ class SubscriptionCache:
         async with self._sessions() as session:
             rows = (await session.execute(_POLL, {"since": self._since})).all()
         changed: dict[uuid.UUID, uuid.UUID] = {}
-        for xmin, subscription_id, application_id in rows:
+        for xmin, change_id, txid, subscription_id, application_id in rows:
             self._since = xmin
-            if subscription_id is not None:
-                changed[subscription_id] = application_id
+            if change_id is None or change_id in self._applied:
+                continue
+            self._applied[change_id] = int(txid)
+            changed[subscription_id] = application_id
+        if self._applied:
+            floor = int(rows[0][0])  # rows below the watermark are never returned again
+            self._applied = {cid: t for cid, t in self._applied.items() if t >= floor}
         for sid, aid in changed.items():
             self._recent.append((generation, sid, aid))
             self._misses.pop(sid, None)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -132,6 +133,39 @@ async def test_a_change_committed_late_by_a_long_transaction_is_not_skipped(
         return await cache.matching(app, "a") == []
 
     await eventually(slow_seen, within=POLL + 1)
+
+
+async def test_a_transaction_left_open_does_not_make_every_poll_reread_old_changes(
+    cache: SubscriptionCache, engine: AsyncEngine
+) -> None:
+    """An open transaction holds the watermark back, so each poll returns the same change
+    rows again; a row already applied must not be read from subscriptions again (that
+    made each poll, and each change's answer, take seconds after a thousand changes)."""
+    app = await add_app(engine)
+    subs = [await add_sub(engine, app, ["a"]) for _ in range(5)]
+    assert len(await cache.matching(app, "a")) == 5
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM subscriptions" in statement:
+            reads.append(statement)
+
+    async with engine.connect() as idle:
+        tx = await idle.begin()
+        await idle.execute(text("SELECT pg_current_xact_id()"))  # holds the watermark
+        sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            for sid in subs:
+                await set_types(engine, sid, ["b"])
+                await cache.refresh()
+            assert len(reads) == 5, "each change read once"
+            for _ in range(3):
+                await cache.refresh()
+            assert len(reads) == 5, "polls with nothing new read nothing"
+            assert await cache.matching(app, "b") != []
+        finally:
+            sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
+            await tx.rollback()
 
 
 async def test_what_a_process_holds_is_bounded(

@@ -1,0 +1,548 @@
+"""Slow targets: one dispatcher process delivering to 1,000 targets that answer like real
+endpoints, beside the same run against targets that answer at once.
+
+1,000 targets on loopback, one port each (the per-target unit is host:port), served by
+one helper process (``tests.support.target_farm``). One subscription per target (signed,
+like real ones), a real dispatcher process and a real retry scheduler (schedule
+``1s,2s``). The dispatcher is warmed with one job per subscription first (its
+subscription cache, a connection per target), then ``JOBS`` jobs, round-robin over the
+subscriptions, are produced to the deliveries topic while it runs: a backlog it drains
+as fast as it can.
+
+The runs, one dispatcher process each, in this order:
+
+- ``instant``: the baseline. The same helper process, the same 1,000 ports, answering at
+  once: only the delay differs. (One instant sink would be a different workload: one
+  target, its 64-request bound, one connection pool.)
+- ``slow``: each request answers after a log-normal delay (median 150 ms, sigma 0.6,
+  mean ~180 ms); 1 % hang past the delivery timeout and must come back as retries.
+- both again with a 2 s delivery timeout (hangs of 3 s) instead of the default 10 s
+  (hangs of 12 s). Draining a backlog, the dispatcher holds its 4,096 requests in
+  flight while its CPU completes ~1,500 a second, so a request waits ~3 s for the
+  process itself (Little's law): a 2 s timeout then cuts requests to healthy targets.
+  These runs measure that, not the targets.
+
+Deliveries/s is jobs delivered (SUCCESS rows) per second between the moments 5 % and
+95 % of the jobs were delivered, so joining the group and the last hangs' retries weigh
+on no run. The dispatcher's RSS and open sockets (``/proc/<pid>/fd``) are sampled every
+0.25 s, its requests in flight (``hookstream_in_flight_deliveries``) every second (a
+scrape lists the process's open files: ~25 ms of its CPU with 6,000 sockets). Then every
+job is accounted for: a SUCCESS row, or still retrying; each hang at a target must show
+as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
+hang at the target is a timeout of the dispatcher's own making.
+
+Run alone: ``python -m bench targets`` (~4 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.delivery import body
+from bench.ingest import cpu_seconds
+from bench.stalls import Watcher
+from shared.models import DEFAULT_APPLICATION_ID
+from shared.records import DeliveryJob, EventRecord
+from shared.topics import ensure_topics
+from tests.support.dispatch import DispatchWorld
+from tests.support.metrics import sample
+from tests.support.procs import ServiceProcess, free_port
+from tests.support.stack import IsolatedStack
+from tests.support.target_farm import TargetFarm
+
+SECTION = "targets"
+TARGETS = 1000
+# ~25 s of load at the ~1,500 deliveries/s this box reaches with 1,000 targets.
+JOBS = int(os.environ.get("BENCH_TARGETS_N", "36000"))
+SCHEDULE = "1s,2s"
+MEDIAN_MS = 150
+SIGMA = 0.6
+HANG_FRACTION = 0.01
+EVENT_TYPE = "order.created"
+WARM_UP_TYPE = "bench.warm-up"
+SAMPLE_EVERY_S = 0.25
+METRICS_EVERY = 4  # samples: the in-flight gauge once a second
+# Warm-up: one job per subscription; the hung ones are not waited for.
+WARM_SHARE = 0.99
+
+_INSERT_SUBSCRIPTIONS = """
+INSERT INTO subscriptions (id, application_id, target_url, secret_key, event_types)
+SELECT s.id, :app, s.url, 'whsec-bench-' || s.n, '{}'
+FROM unnest(CAST(:ids AS uuid[]), CAST(:urls AS text[])) WITH ORDINALITY AS s(id, url, n)
+"""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One run: how the targets answer and the dispatcher's delivery timeout."""
+
+    name: str
+    timeout_s: float
+    median_ms: float = 0
+    hang_ms: float = 0
+
+    @property
+    def slow(self) -> bool:
+        return self.median_ms > 0
+
+    def farm(self) -> dict[str, Any]:
+        if not self.slow:
+            return {}
+        return {"median_ms": self.median_ms, "sigma": SIGMA,
+                "hang_fraction": HANG_FRACTION, "hang_ms": self.hang_ms}  # fmt: skip
+
+    def env(self, metrics_port: int | None = None) -> dict[str, str]:
+        env = {
+            "HOOKSTREAM_DELIVERY_TIMEOUT": f"{self.timeout_s:g}",
+            "HOOKSTREAM_RETRY_SCHEDULE": SCHEDULE,
+            "HOOKSTREAM_LOG_LEVEL": "WARNING",
+        }
+        if metrics_port is not None:
+            env["HOOKSTREAM_METRICS_PORT"] = str(metrics_port)
+        return env
+
+    @property
+    def settle_s(self) -> float:
+        """After the last first attempt: a hang's retry comes a timeout plus the first
+        tier (1 s, +20 % jitter) later; a second hang's a timeout plus 2.4 s after that."""
+        return 2 * (self.timeout_s + 2.4) + 5
+
+
+INSTANT = Shape("instant targets", 10)
+SLOW = Shape("slow targets", 10, MEDIAN_MS, 12_000)
+INSTANT_2S = Shape("instant targets, 2 s timeout", 2)
+SLOW_2S = Shape("slow targets, 2 s timeout", 2, MEDIAN_MS, 3_000)
+RUNS = (INSTANT, SLOW, INSTANT_2S, SLOW_2S)
+
+
+def row(metric: str, value: float | int, unit: str, note: str = "") -> dict[str, Any]:
+    return {"section": SECTION, "metric": metric, "value": value, "unit": unit, "note": note}
+
+
+# --- the dispatcher, watched from outside -----------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def sockets(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            pass  # closed while we looked
+    return count
+
+
+@dataclass
+class Sampler:
+    """RSS and open sockets of one process every 0.25 s, its requests in flight every
+    second, in a thread (the bench's own loop is busy waiting on PostgreSQL)."""
+
+    pid: int
+    metrics_url: str
+    # (time, RSS MB, sockets, requests in flight or None when not scraped)
+    samples: list[tuple[float, float, int, float | None]] = field(default_factory=list)
+    since: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(SAMPLE_EVERY_S):
+            n += 1
+            try:
+                in_flight = None
+                if n % METRICS_EVERY == 0:
+                    url = self.metrics_url
+                    with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
+                        page = resp.read().decode()
+                    in_flight = sample(page, "hookstream_in_flight_deliveries")
+                self.samples.append((time.time(), rss_mb(self.pid), sockets(self.pid), in_flight))
+            except OSError:
+                continue  # still starting, or gone
+
+    def mark(self) -> None:
+        """Peaks count from now (after the warm-up)."""
+        self.since = time.time()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def peak(self) -> dict[str, float]:
+        """The scrape with the most requests in flight, and the highest RSS and socket
+        count seen."""
+        samples = [s for s in self.samples if s[0] >= self.since]
+        scraped = [(s[0], s[1], s[2], s[3]) for s in samples if s[3] is not None]
+        at = max(scraped, key=lambda s: s[3] or 0.0)
+        busy = [s[3] for s in scraped if s[3]] or [0.0]
+        return {
+            "in_flight": at[3] or 0.0,
+            "rss_at_peak": at[1],
+            "sockets_at_peak": at[2],
+            "rss_max": max(s[1] for s in samples),
+            "sockets_max": max(s[2] for s in samples),
+            "in_flight_median": statistics.median(busy),
+        }
+
+
+# --- one run ---------------------------------------------------------------------------
+
+
+async def _subscriptions(world: DispatchWorld, farm: TargetFarm) -> list[uuid.UUID]:
+    """1,000 subscriptions, one per target (no attempts left from a previous run)."""
+    subs = [uuid.uuid4() for _ in range(TARGETS)]
+    async with world.engine.begin() as conn:
+        await conn.execute(text("TRUNCATE delivery_attempts"))
+        await conn.execute(text("DELETE FROM subscriptions"))
+        await conn.execute(
+            text(_INSERT_SUBSCRIPTIONS),
+            {
+                "app": DEFAULT_APPLICATION_ID,
+                "ids": subs,
+                "urls": [farm.url(n, f"/hook/{n}") for n in range(TARGETS)],
+            },
+        )
+    return subs
+
+
+async def _produce(
+    world: DispatchWorld, subs: list[uuid.UUID], count: int, event_type: str = EVENT_TYPE
+) -> set[str]:
+    """``count`` jobs, round-robin over ``subs``, on the deliveries topic; their ids."""
+    ids: set[str] = set()
+    now = datetime.now(UTC)
+    for start in range(0, count, 2000):
+        acks = []
+        for n in range(start, min(start + 2000, count)):
+            event = EventRecord(uuid.uuid4(), event_type, now, "application/json", body(n))
+            job = DeliveryJob.for_event(event, subs[n % len(subs)])
+            ids.add(str(job.delivery_id))
+            acks.append(
+                await world.producer.send(
+                    world.topics.deliveries, job.body, key=job.key, headers=job.headers()
+                )
+            )
+        await asyncio.gather(*acks)
+    return ids
+
+
+async def _attempted(
+    world: DispatchWorld, event_type: str, count: int, dispatcher: ServiceProcess, timeout: float
+) -> None:
+    """Until ``count`` jobs of ``event_type`` have at least one attempt row."""
+    async with asyncio.timeout(timeout):
+        while (
+            await world.scalar(
+                "SELECT count(DISTINCT delivery_id) FROM delivery_attempts WHERE event_type = :t",
+                t=event_type,
+            )
+            < count
+        ):
+            assert dispatcher.alive(), dispatcher.log()[-3000:]
+            await asyncio.sleep(0.25)
+
+
+async def _settled(world: DispatchWorld, within: float) -> float | None:
+    """Seconds until every job has a SUCCESS or FAILURE row; None if not within."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        settled = await world.scalar(
+            "SELECT count(*) FROM (SELECT delivery_id FROM delivery_attempts "
+            "WHERE event_type = :t GROUP BY 1 "
+            "HAVING bool_or(status IN ('SUCCESS', 'FAILURE'))) AS done",
+            t=EVENT_TYPE,
+        )
+        if settled >= JOBS:
+            return time.monotonic() - started
+        await asyncio.sleep(0.5)
+    return None
+
+
+async def _load(
+    stack: IsolatedStack,
+    shape: Shape,
+    farm: TargetFarm,
+    dispatcher: ServiceProcess,
+    sampler: Sampler,
+    probe_port: int,
+) -> dict[str, Any]:
+    """Warm the dispatcher, then JOBS jobs while it runs; wait for every first attempt
+    and for the retries to settle. Returns the rows and timings."""
+    async with DispatchWorld(stack.settings()) as world:
+        subs = await _subscriptions(world, farm)
+        await _produce(world, subs, TARGETS, WARM_UP_TYPE)
+        await _attempted(world, WARM_UP_TYPE, int(TARGETS * WARM_SHARE), dispatcher, 120)
+        warm_rss = rss_mb(dispatcher.proc.pid)
+        sampler.mark()
+        farm.reset()
+        watcher = Watcher(600, {"loop": f"http://127.0.0.1:{probe_port}/"})
+        started = time.time()
+        cpu = {"dispatcher": cpu_seconds(dispatcher.proc.pid),
+               "targets": cpu_seconds(farm.proc.pid)}  # fmt: skip
+        try:
+            expected = await _produce(world, subs, JOBS)
+            produced_in = time.time() - started
+            await _attempted(world, EVENT_TYPE, JOBS, dispatcher, timeout=600)
+        finally:
+            watcher.stop()
+        busy = time.time() - started
+        stalls = watcher.result()["loop"]
+        cpu = {
+            "dispatcher": cpu_seconds(dispatcher.proc.pid) - cpu["dispatcher"],
+            "targets": cpu_seconds(farm.proc.pid) - cpu["targets"],
+        }
+        settled_in = await _settled(world, shape.settle_s)
+        async with world.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT delivery_id, attempt_number, status, error_details, created_at "
+                        "FROM delivery_attempts WHERE event_type = :t"
+                    ),
+                    {"t": EVENT_TYPE},
+                )
+            ).all()
+    return {
+        "rows": rows,
+        "expected": expected,
+        "stalls": stalls,
+        "started": started,
+        "warm_rss": warm_rss,
+        "cpu": cpu,
+        "busy": busy,
+        "produced_in": produced_in,
+        "settled_in": settled_in,
+    }
+
+
+def one_run(stack: IsolatedStack, workdir: Path, shape: Shape) -> dict[str, Any]:
+    with TargetFarm(TARGETS, **shape.farm()) as farm:
+        metrics_port, probe_port = free_port(), free_port()
+        scheduler = ServiceProcess(stack, "retry_scheduler", log_dir=workdir, **shape.env())
+        dispatcher = ServiceProcess(
+            stack, "dispatcher", log_dir=workdir, **shape.env(metrics_port),
+            launcher=("bench.stalls", "probe", "--port", str(probe_port)),
+        )  # fmt: skip
+        sampler = Sampler(dispatcher.proc.pid, f"http://127.0.0.1:{metrics_port}/metrics")
+        sampler.start()
+        try:
+            loaded = asyncio.run(_load(stack, shape, farm, dispatcher, sampler, probe_port))
+        finally:
+            sampler.stop()
+            dispatcher.stop()
+            scheduler.stop()
+        arrivals = farm.arrivals()
+        stats = farm.stats()
+    logs = dispatcher.log() + scheduler.log()
+    result = {
+        "shape": shape,
+        "arrivals": arrivals,
+        "stats": stats,
+        "peak": sampler.peak(),
+        "tracebacks": logs.count("Traceback"),
+        **loaded,
+    }
+    result.update(account(result))
+    print(
+        f"[bench] targets {shape.name}: {result['rate']:,.0f} delivered/s "
+        f"({result['attempt_rate']:,.0f} first attempts/s), own timeouts "
+        f"{result['own_timeouts']:,}, peak in flight {result['peak']['in_flight']:,.0f}, "
+        f"RSS {result['peak']['rss_max']:.0f} MB (warm {result['warm_rss']:.0f}), sockets "
+        f"{result['peak']['sockets_max']:,}, connections at the targets {stats['connections']:,}",
+        file=sys.stderr,
+    )
+    return result
+
+
+# --- reading a run -----------------------------------------------------------------------
+
+
+def _window(times: list[float], total: int) -> tuple[float, str]:
+    """Per second between the moments 5 % and 95 % of ``total`` had happened (or the
+    last one, when fewer than 95 % did), and a note when they fell short."""
+    times = sorted(times)
+    lo = times[total * 5 // 100]
+    if len(times) > total * 95 // 100:
+        return total * 0.9 / (times[total * 95 // 100] - lo), ""
+    done = len(times) - total * 5 // 100
+    return done / (times[-1] - lo), f"only {len(times) / total:.1%} delivered; "
+
+
+def account(run: dict[str, Any]) -> dict[str, Any]:
+    """Rates, and every job accounted for (see the module's docstring)."""
+    expected = run["expected"]
+    by_delivery: dict[str, list[tuple[float, int, str, str | None]]] = {}
+    delivered: list[float] = []
+    for delivery_id, attempt, status, error, created_at in run["rows"]:
+        at = created_at.timestamp()
+        by_delivery.setdefault(str(delivery_id), []).append((at, attempt, status, error))
+        if status == "SUCCESS":
+            delivered.append(at)
+    rate, short = _window(delivered, len(expected))
+    attempt_rate, _ = _window([min(a)[0] for a in by_delivery.values()], len(expected))
+    arrivals = run["arrivals"]
+    outcome: Counter[str] = Counter()
+    own_timeouts = hung_not_failed = retried = duplicates = 0
+    errors: Counter[str] = Counter()
+    for delivery_id in expected & by_delivery.keys():
+        # The n-th attempt row (in time) is the n-th request that reached the target.
+        attempts = sorted(by_delivery[delivery_id])
+        statuses = [status for _, _, status, _ in attempts]
+        outcome[outcome_of(statuses)] += 1
+        hung = [h for _, h in sorted(arrivals.get(delivery_id, []))]
+        duplicates += max(0, len(hung) - len(attempts))
+        for n, (_, _, status, error) in enumerate(attempts):
+            was_hung = n < len(hung) and hung[n]
+            if status == "FAILED_ATTEMPT":
+                errors[(error or "").split(":", 1)[0][:60]] += 1
+                own_timeouts += not was_hung
+                retried += n + 1 < len(attempts)
+            elif was_hung:
+                hung_not_failed += 1
+    return {
+        "rate": rate,
+        "short": short,
+        "attempt_rate": attempt_rate,
+        "missing": len(expected - by_delivery.keys()),
+        "outcome": dict(outcome),
+        "failed_attempts": sum(errors.values()),
+        "hung": run["stats"]["hung"],
+        "own_timeouts": own_timeouts,
+        "hung_not_failed": hung_not_failed,
+        "retried": retried,
+        "duplicates": duplicates,
+        "errors": dict(errors.most_common(3)),
+    }
+
+
+def outcome_of(statuses: list[str]) -> str:
+    if "SUCCESS" in statuses:
+        return "success"
+    return "failure" if "FAILURE" in statuses else "retrying"
+
+
+def _run_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
+    shape: Shape = run["shape"]
+    peak, stats, o = run["peak"], run["stats"], run["outcome"]
+    label = shape.name
+    hangs = (
+        f"{stats['hung']} requests hung at the targets ({shape.hang_ms / 1000:g} s); "
+        f"recorded as FAILED_ATTEMPT: {stats['hung'] - run['hung_not_failed']}, followed by "
+        f"another attempt: {run['retried']:,} (of all failed attempts); "
+        if shape.slow
+        else ""
+    )
+    settled = (
+        f"retries settled {run['settled_in']:.1f} s after the last first attempt"
+        if run["settled_in"] is not None
+        else f"not settled {shape.settle_s:.0f} s after the last first attempt"
+    )
+    return [
+        row(f"deliveries/s, {label}", round(run["rate"]), "deliveries/s",
+            f"{run['short']}{JOBS:,} jobs over {TARGETS:,} targets (one port each), "
+            f"timeout {shape.timeout_s:g} s: SUCCESS rows per second between 5 % and 95 % "
+            f"of the jobs delivered; first attempts finished {run['attempt_rate']:,.0f}/s; "
+            f"jobs produced in {run['produced_in']:.1f} s"),
+        row(f"timeouts of the dispatcher's own making, {label}", run["own_timeouts"],
+            "attempts",
+            f"FAILED_ATTEMPT rows whose request did not hang at the target; all failed "
+            f"attempts {run['failed_attempts']:,}: "
+            + ("; ".join(f"{n:,} x {e!r}" for e, n in run["errors"].items()) or "none")),
+        row(f"jobs delivered, {label}", o.get("success", 0), "jobs",
+            f"of {JOBS:,}: {o.get('retrying', 0):,} still retrying, {o.get('failure', 0):,} "
+            f"FAILURE, {run['missing']:,} without any attempt row (deferred or lost, not told "
+            f"apart); {hangs}{run['duplicates']:,} requests beyond the attempt rows; {settled}"),
+        row(f"requests in flight at peak, {label}", round(peak["in_flight"]), "requests",
+            f"hookstream_in_flight_deliveries scraped every second; median while busy "
+            f"{peak['in_flight_median']:,.0f}; most held open at once by the targets "
+            f"{stats['most_open']:,}"),
+        row(f"dispatcher RSS at peak, {label}", round(peak["rss_max"]), "MB",
+            f"{peak['rss_at_peak']:.0f} MB at the in-flight peak; {run['warm_rss']:.0f} MB "
+            "warmed, before the load"),
+        row(f"dispatcher open sockets at peak, {label}", peak["sockets_max"], "sockets",
+            f"/proc/<pid>/fd entries that are sockets; {peak['sockets_at_peak']:,} at the "
+            f"in-flight peak; the targets saw {stats['connections']:,} connections for "
+            f"{stats['requests']:,} requests"),
+        row(f"dispatcher event-loop stall, {label}", run["stalls"]["max_gap_ms"], "ms",
+            f"longest gap between answers of an endpoint served by the dispatcher's own loop, "
+            f"polled every 10 ms during the load; gaps over 50 ms: "
+            f"{run['stalls']['over_50ms']:,}; the dispatcher counts a gap over 1 s as a stall "
+            "of its own and re-sends what timed out across it ('cut short')"),
+        row(f"dispatcher CPU per delivery, {label}",
+            round(run["cpu"]["dispatcher"] / JOBS * 1e6), "µs",
+            f"over {run['busy']:.0f} s: dispatcher {run['cpu']['dispatcher'] / run['busy']:.0%}"
+            f" of a core, targets process {run['cpu']['targets'] / run['busy']:.0%}"),
+    ]  # fmt: skip
+
+
+def rows_for(runs: dict[Shape, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for run in runs.values():
+        rows += _run_rows(run)
+    for instant, slow in ((INSTANT, SLOW), (INSTANT_2S, SLOW_2S)):
+        ratio = runs[slow]["rate"] / runs[instant]["rate"] * 100
+        target = (
+            f"target ≥ 90 % {'(met)' if ratio >= 90 else '(NOT met)'}; "
+            if (instant is INSTANT)
+            else "the issue's target is for the default timeout; "
+        )
+        rows.append(
+            row(f"slow / instant, timeout {instant.timeout_s:g} s", round(ratio, 1), "%",
+                f"{target}same dispatcher settings, same 1,000 ports; slow: log-normal "
+                f"median {MEDIAN_MS} ms sigma {SIGMA}, {HANG_FRACTION:.0%} hang "
+                f"{slow.hang_ms / 1000:g} s")
+        )  # fmt: skip
+    over = {
+        name: (r["peak"]["rss_at_peak"] - r["warm_rss"], r["peak"]["in_flight"])
+        for name, r in (("slow", runs[SLOW]), ("instant", runs[INSTANT]))
+    }
+    per_request = {name: mb * 1024 / max(n, 1) for name, (mb, n) in over.items()}
+    rows.append(
+        row("memory per open request", round(per_request["slow"], 1), "KB",
+            f"slow targets, timeout 10 s: (RSS at the in-flight peak - RSS warmed) / requests "
+            f"in flight = {over['slow'][0]:.0f} MB / {over['slow'][1]:,.0f}, an upper bound: "
+            "it also counts the jobs fetched and queued behind them; the same for instant "
+            f"targets: {over['instant'][0]:.0f} MB / {over['instant'][1]:,.0f} = "
+            f"{per_request['instant']:.1f} KB")
+    )  # fmt: skip
+    for run in runs.values():
+        if run["tracebacks"]:
+            rows.append(row(f"tracebacks, {run['shape'].name}", run["tracebacks"], "count",
+                            "dispatcher or retry scheduler log"))  # fmt: skip
+    return rows
+
+
+def run(stack: IsolatedStack) -> list[dict[str, Any]]:
+    asyncio.run(ensure_topics(stack.settings(retry_schedule=SCHEDULE)))
+    with tempfile.TemporaryDirectory(prefix="bench-targets-") as tmp:
+        runs = {shape: one_run(stack, Path(tmp), shape) for shape in RUNS}
+    return rows_for(runs)

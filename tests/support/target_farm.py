@@ -1,0 +1,245 @@
+"""Many HTTP targets on loopback in one process: one port each, slow like real endpoints.
+
+``python -m tests.support.target_farm --targets 1000 --median-ms 150 --sigma 0.6
+--hang-fraction 0.01 --hang-ms 3000`` listens on 1,000 free loopback ports (the
+dispatcher's per-target unit is host:port, so each port is a target of its own). Every
+POST waits a log-normal delay (median ``median-ms``, shape ``sigma``) and answers 200;
+a ``hang-fraction`` of them instead waits ``hang-ms`` (past the sender's timeout) before
+answering. ``--median-ms 0`` answers at once. The draws come from one seeded generator.
+
+A control port (``GET /_ports``, ``/_stats``, ``/_arrivals``, ``POST /_reset``) reports
+the ports, the requests (per ``webhook-id``: each arrival's time and whether it hung) and
+the most requests held open at once. ``TargetFarm`` runs it as a child process.
+
+Only ever binds loopback: nothing here sends or listens beyond this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+from aiohttp import web
+
+from tests.support.procs import free_port
+from tests.support.stack import ROOT
+
+LOOPBACK = "127.0.0.1"
+
+
+class _Farm:
+    def __init__(
+        self, median: float, sigma: float, hang_fraction: float, hang: float, seed: int
+    ) -> None:
+        self.mu = math.log(median) if median > 0 else None
+        self.sigma = sigma
+        self.hang_fraction = hang_fraction
+        self.hang = hang
+        self.random = random.Random(seed)
+        self.arrivals: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+        self.open = 0
+        self.most_open = 0
+        # (target port, client port) of each connection seen: requests / connections is
+        # how well the client reused its connections.
+        self.connections: set[tuple[int, int]] = set()
+
+    def delay(self) -> tuple[float, bool]:
+        if self.mu is None:
+            return 0.0, False
+        if self.random.random() < self.hang_fraction:
+            return self.hang, True
+        return self.random.lognormvariate(self.mu, self.sigma), False
+
+    async def hook(self, request: web.Request) -> web.Response:
+        await request.read()
+        transport = request.transport
+        if transport is not None:
+            local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+            self.connections.add((local[1], peer[1]))
+        delay, hung = self.delay()
+        self.arrivals[request.headers.get("webhook-id", "")].append((time.time(), hung))
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            self.open -= 1
+        return web.Response(text="ok")
+
+    async def stats(self, _: web.Request) -> web.Response:
+        times = [t for ts in self.arrivals.values() for t, _ in ts]
+        return web.json_response(
+            {
+                "requests": len(times),
+                "unique": len(self.arrivals),
+                "hung": sum(h for ts in self.arrivals.values() for _, h in ts),
+                "first": min(times) if times else None,
+                "last": max(times) if times else None,
+                "open": self.open,
+                "most_open": self.most_open,
+                "connections": len(self.connections),
+            }
+        )
+
+    async def dump(self, _: web.Request) -> web.Response:
+        return web.json_response(self.arrivals)
+
+    async def reset(self, _: web.Request) -> web.Response:
+        self.arrivals.clear()
+        self.connections.clear()
+        self.most_open = self.open
+        return web.json_response({"reset": True})
+
+
+def _listen(count: int) -> list[socket.socket]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, 0))
+        sock.listen(1024)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+async def serve(args: argparse.Namespace) -> None:
+    farm = _Farm(args.median_ms / 1000, args.sigma, args.hang_fraction, args.hang_ms / 1000,
+                 args.seed)  # fmt: skip
+    targets = web.Application(client_max_size=4 * 1024 * 1024)
+    targets.router.add_route("POST", "/{tail:.*}", farm.hook)
+    # Handlers of a request whose client gave up keep running to their end (aiohttp's
+    # default): a hung request is counted as open for its whole hang.
+    runner = web.AppRunner(targets, access_log=None)
+    await runner.setup()
+    sockets = _listen(args.targets)
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
+    ports = [s.getsockname()[1] for s in sockets]
+
+    async def list_ports(_: web.Request) -> web.Response:
+        return web.json_response(ports)
+
+    control = web.Application()
+    control.router.add_get("/_ports", list_ports)
+    control.router.add_get("/_stats", farm.stats)
+    control.router.add_get("/_arrivals", farm.dump)
+    control.router.add_post("/_reset", farm.reset)
+    control_runner = web.AppRunner(control, access_log=None)
+    await control_runner.setup()
+    await web.TCPSite(control_runner, LOOPBACK, args.control_port).start()
+    await asyncio.Event().wait()
+
+
+class TargetFarm:
+    """The farm as a child process; ``ports`` once it answers on its control port."""
+
+    def __init__(
+        self,
+        targets: int,
+        *,
+        median_ms: float = 0,
+        sigma: float = 0.6,
+        hang_fraction: float = 0.0,
+        hang_ms: float = 0,
+        seed: int = 13,
+    ) -> None:
+        self.control = free_port()
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "tests.support.target_farm",
+                "--targets", str(targets), "--control-port", str(self.control),
+                "--median-ms", str(median_ms), "--sigma", str(sigma),
+                "--hang-fraction", str(hang_fraction), "--hang-ms", str(hang_ms),
+                "--seed", str(seed),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self._errors,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.ports: list[int] = self._get("/_ports")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self._errors.seek(0)
+                    errors = self._errors.read().decode(errors="replace")[-3000:]
+                    self.stop()
+                    raise RuntimeError(f"target farm did not start:\n{errors}") from None
+                time.sleep(0.1)
+
+    def url(self, n: int, path: str = "/hook") -> str:
+        return f"http://{LOOPBACK}:{self.ports[n]}{path}"
+
+    def _get(self, path: str) -> Any:
+        url = f"http://{LOOPBACK}:{self.control}{path}"
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/_stats")
+        return result
+
+    def arrivals(self) -> dict[str, list[tuple[float, bool]]]:
+        """Per ``webhook-id``: (arrival time, hung) of each request."""
+        return {k: [(t, bool(h)) for t, h in v] for k, v in self._get("/_arrivals").items()}
+
+    def reset(self) -> None:
+        url = f"http://{LOOPBACK}:{self.control}/_reset"
+        request = urllib.request.Request(url, method="POST")
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._errors.close()
+
+    def __enter__(self) -> TargetFarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Many slow HTTP targets on loopback.")
+    parser.add_argument("--targets", type=int, required=True)
+    parser.add_argument("--control-port", type=int, required=True)
+    parser.add_argument("--median-ms", type=float, default=0)
+    parser.add_argument("--sigma", type=float, default=0.6)
+    parser.add_argument("--hang-fraction", type=float, default=0.0)
+    parser.add_argument("--hang-ms", type=float, default=0)
+    parser.add_argument("--seed", type=int, default=13)
+    args = parser.parse_args()
+    # A listening socket per target plus the connections to each: past the usual 1,024.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    import uvloop
+
+    uvloop.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
