@@ -30,6 +30,10 @@ ATTEMPT_SECONDS = Histogram(
 RETRIES = Counter("hookstream_retries_total", "Jobs sent to a retry tier, by tier.", ["tier"])
 DLQ = Counter("hookstream_dlq_total", "Jobs written to the dead-letter topic.")
 IN_FLIGHT = Gauge("hookstream_in_flight_deliveries", "Deliveries currently in flight.")
+IN_FLIGHT_LIMIT = Gauge(
+    "hookstream_in_flight_limit",
+    "The dispatcher's bound on deliveries in flight now (adapts to its event loop's lag).",
+)
 CONSUMER_LAG = Gauge(
     "hookstream_consumer_lag_records", "Records not yet consumed, by topic.", ["topic"]
 )

@@ -17,10 +17,14 @@ from collections import deque
 class PartitionOffsets:
     """Started/finished offsets of one partition during one assignment."""
 
-    __slots__ = ("_done", "_high", "_started", "committed")
+    __slots__ = ("_done", "_high", "_open", "_started", "committed")
 
     def __init__(self) -> None:
-        self._started: deque[int] = deque()  # unfinished, in offset order
+        self._started: deque[int] = deque()  # not yet committable, in offset order
+        # Started and not finished. Checked on every finish: a membership test on the
+        # deque was a scan of up to 20,000 offsets while a hung record held the head
+        # (9 % of the dispatcher's CPU with slow targets).
+        self._open: set[int] = set()
         self._done: set[int] = set()  # finished, but behind an unfinished one
         self._high: int | None = None  # highest offset started
         # Last commit point handed to the broker (or the assignment's starting position).
@@ -37,9 +41,14 @@ class PartitionOffsets:
             return False
         self._high = offset
         self._started.append(offset)
+        self._open.add(offset)
         return True
 
     def finish(self, offset: int) -> None:
+        try:
+            self._open.remove(offset)
+        except KeyError:
+            raise ValueError(f"offset {offset} was not started or is already finished") from None
         started = self._started
         if started and started[0] == offset:
             started.popleft()
@@ -47,8 +56,6 @@ class PartitionOffsets:
             while started and started[0] in done:
                 done.remove(started.popleft())
             return
-        if offset in self._done or offset not in started:
-            raise ValueError(f"offset {offset} was not started or is already finished")
         self._done.add(offset)
 
     @property
@@ -59,7 +66,7 @@ class PartitionOffsets:
     @property
     def unfinished(self) -> int:
         """Started and not finished: the work still in progress."""
-        return len(self._started) - len(self._done)
+        return len(self._open)
 
     @property
     def commit_point(self) -> int | None:

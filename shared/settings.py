@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # flight is ~27,000 deliveries/s of room, far past what one process's CPU sends, so the
     # bound that binds for a slow or hanging target is its own (per target).
     max_in_flight: int = Field(4096, ge=1)
+    # The bound below max_in_flight follows the event loop's lag (dispatcher/limits.py):
+    # requests admitted past what the loop can drive only queue inside it, time out by
+    # our own doing and record the target as slow. False pins it at max_in_flight.
+    adaptive_in_flight: bool = True
     max_in_flight_per_target: int = Field(64, ge=1)
     response_excerpt_bytes: int = Field(1024, ge=0)
     dispatcher_processes: int = Field(1, ge=1)

@@ -83,46 +83,50 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         publisher = Publisher(res.producer)
         stalls = LoopStalls()
         fence = ZombieFence(stalls, SESSION_TIMEOUT_MS / 1000)
+        delivery = DeliveryStage(
+            settings=settings,
+            topics=res.topics,
+            cache=res.cache,
+            http=res.http,
+            publisher=publisher,
+            attempts=attempts,
+            sessions=res.sessions,
+            redis=res.redis,
+            breaker=BreakerGate(
+                CircuitBreaker(
+                    res.redis,
+                    settings.topic_prefix,
+                    # A probe's lease must outlast the request it lets through.
+                    BreakerConfig(probe_lease=max(15.0, settings.delivery_timeout + 5)),
+                )
+            ),
+            stalls=stalls,
+            fence=fence,
+        )
+        dispatcher = Dispatcher(
+            res.consumer,
+            res.topics,
+            FanOutStage(res.topics, res.cache, publisher, events, attempts, fence),
+            delivery,
+            drain_timeout=drain_timeout(settings),
+            fence=fence,
+        )
         watching = asyncio.create_task(stalls.run(), name="stall-watch")
+        adapting = asyncio.create_task(delivery.limits.run(), name="in-flight-bound")
         try:
-            dispatcher = Dispatcher(
-                res.consumer,
-                res.topics,
-                FanOutStage(res.topics, res.cache, publisher, events, attempts, fence),
-                DeliveryStage(
-                    settings=settings,
-                    topics=res.topics,
-                    cache=res.cache,
-                    http=res.http,
-                    publisher=publisher,
-                    attempts=attempts,
-                    sessions=res.sessions,
-                    redis=res.redis,
-                    breaker=BreakerGate(
-                        CircuitBreaker(
-                            res.redis,
-                            settings.topic_prefix,
-                            # A probe's lease must outlast the request it lets through.
-                            BreakerConfig(probe_lease=max(15.0, settings.delivery_timeout + 5)),
-                        )
-                    ),
-                    stalls=stalls,
-                    fence=fence,
-                ),
-                drain_timeout=drain_timeout(settings),
-                fence=fence,
-            )
             log.info(
                 "dispatching",
                 max_in_flight=settings.max_in_flight,
+                adaptive_in_flight=settings.adaptive_in_flight,
                 max_in_flight_per_target=settings.max_in_flight_per_target,
                 allow_private_targets=settings.allow_private_targets,
             )
             await dispatcher.run(stop)
         finally:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            for task in (adapting, watching):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await events.close(_FLUSH_TIMEOUT)
             await attempts.close(_FLUSH_TIMEOUT)
 

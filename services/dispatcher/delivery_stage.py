@@ -44,7 +44,7 @@ from services.dispatcher.stalls import LoopStalls, ZombieFence
 from services.dispatcher.streaks import Streak
 from shared.breaker import target_of
 from shared.logging import get_logger
-from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, RETRIES
+from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, IN_FLIGHT_LIMIT, RETRIES
 from shared.models import AttemptStatus, Subscription
 from shared.records import DeliveryJob
 from shared.retry_policy import next_retry
@@ -126,10 +126,12 @@ class DeliveryStage:
             self.settings.max_in_flight,
             self.settings.max_in_flight_per_target,
             patience=LANE_PATIENCE if self._can_defer else None,
+            adaptive=self.settings.adaptive_in_flight,
         )
         # Read at scrape time rather than updated twice per delivery.
         limits = self.limits
         IN_FLIGHT.set_function(lambda: limits.in_flight)
+        IN_FLIGHT_LIMIT.set_function(lambda: limits.limit)
 
     async def run(self, job: DeliveryJob, progress: Progress) -> None:
         sub = await self.cache.get(job.subscription_id, job.application_id)

@@ -125,12 +125,11 @@ async def serve(args: argparse.Namespace) -> None:
     # default): a hung request is counted as open for its whole hang.
     runner = web.AppRunner(targets, access_log=None)
     await runner.setup()
-    sockets = _listen(args.targets)
-    for sock in sockets:
-        await web.SockSite(runner, sock).start()
-    ports = [s.getsockname()[1] for s in sockets]
+    ports: list[int] = []
 
     async def list_ports(_: web.Request) -> web.Response:
+        if not ports:  # still binding them: the caller asks again
+            return web.json_response({"starting": True}, status=503)
         return web.json_response(ports)
 
     control = web.Application()
@@ -140,7 +139,12 @@ async def serve(args: argparse.Namespace) -> None:
     control.router.add_post("/_reset", farm.reset)
     control_runner = web.AppRunner(control, access_log=None)
     await control_runner.setup()
+    # The control port first: the targets' ports are the kernel's pick and could take it.
     await web.TCPSite(control_runner, LOOPBACK, args.control_port).start()
+    sockets = _listen(args.targets)
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
+    ports.extend(s.getsockname()[1] for s in sockets)
     await asyncio.Event().wait()
 
 

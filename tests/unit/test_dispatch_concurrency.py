@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from services.dispatcher.batching import GroupCommit
-from services.dispatcher.limits import TargetLimits
+from services.dispatcher.limits import FLOOR, LAG_HIGH, LAG_LOW, START, LoopLimit, TargetLimits
 
 
 async def test_per_target_bound_holds_and_a_saturated_target_does_not_starve_others() -> None:
@@ -176,3 +176,66 @@ async def test_waiters_give_up_on_a_stalled_target_only() -> None:
     limits.release("busy")
     await asyncio.gather(*holders)
     assert limits.active_targets() == 0
+
+
+def test_the_loop_bound_shrinks_while_the_loop_lags_and_grows_only_when_it_is_what_binds() -> None:
+    bound = LoopLimit(ceiling=4096)
+    start = bound.limit
+    assert start == START
+    # Keeping up but not full: nothing to gain from a larger bound.
+    assert bound.update(0.001, full=False) == start
+    # Keeping up and full: grows, up to the ceiling and no further.
+    grown = [bound.update(0.001, full=True) for _ in range(40)]
+    assert grown[0] > start
+    assert grown == sorted(grown)
+    assert grown[-1] == 4096
+    # Lagging: shrinks whether full or not, down to the floor and no further.
+    shrunk = [bound.update(0.200, full=False) for _ in range(40)]
+    assert shrunk == sorted(shrunk, reverse=True)
+    assert shrunk[0] < 4096
+    assert shrunk[-1] == FLOOR
+    # In between the thresholds it holds: one GC pause does not make it swing back.
+    assert bound.update((LAG_LOW + LAG_HIGH) / 2, full=True) == FLOOR
+    # A ceiling below the floor is the ceiling.
+    assert LoopLimit(ceiling=8).update(1.0, full=True) == 8
+
+
+async def test_lowering_the_bound_revokes_nothing_and_raising_it_admits_the_waiters() -> None:
+    limits = TargetLimits(total=4096, per_target=100, adaptive=True)
+    held = limits.limit
+    for n in range(held):
+        await limits.acquire(f"t{n % 50}")
+    waiting = [asyncio.create_task(limits.acquire("late")) for _ in range(20)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiting)
+    # The loop lags: the bound falls below what is held; nobody loses a slot, and
+    # releases do not admit anyone until the holders are under the new bound.
+    for _ in range(100):
+        limits.adapt(1.0)
+    assert limits.limit == FLOOR
+    assert limits.in_flight == held
+    for n in range(10):
+        limits.release(f"t{n % 50}")
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiting)
+    # The loop keeps up again and the bound is full: it grows and admits the waiters
+    # in order, without anyone releasing.
+    for _ in range(100):
+        limits.adapt(0.0)
+        await asyncio.sleep(0)
+    assert all(w.done() for w in waiting)
+    assert limits.in_flight == held - 10 + 20
+
+
+async def test_a_waiter_cancelled_in_the_global_queue_does_not_block_the_next() -> None:
+    limits = TargetLimits(total=1, per_target=10)
+    await limits.acquire("a")
+    first = asyncio.create_task(limits.acquire("b"))
+    second = asyncio.create_task(limits.acquire("c"))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    limits.release("a")
+    assert await asyncio.wait_for(second, 1)
+    assert limits.in_flight == 1
