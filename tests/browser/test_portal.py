@@ -372,11 +372,44 @@ async def test_endpoints_are_edited_disabled_given_a_new_secret_and_deleted(
     await expect(page.locator("#event_types")).to_have_value("order.paid")
     await page.fill("#target_url", target.url("/after"))
     await page.fill("#event_types", "invoice.created, invoice.paid")
+    # The endpoint controls: a bad filter, header line or rate is named, and what was
+    # typed stays; good ones are saved and shown.
+    await page.fill("#filter", '{"data.amount": {"$bogus": 1}}')
+    await page.click("button:has-text('Save')")
+    await expect(page.locator(".field-error")).to_contain_text("$bogus")
+    await expect(page.locator("#filter")).to_have_value('{"data.amount": {"$bogus": 1}}')
+    await page.fill("#filter", '{"data.amount": {"$gte": 100}}')
+    await page.fill("#headers", "X-Team payments")
+    await page.click("button:has-text('Save')")
+    await expect(page.locator(".field-error")).to_contain_text("Name: value")
+    await page.fill("#headers", "X-Team: payments")
+    await page.fill("#rate_limit", "five")
+    await page.click("button:has-text('Save')")
+    await expect(page.locator(".field-error")).to_contain_text("whole number")
+    await page.fill("#rate_limit", "5")
     await screenshot(page, "portal-14-edit-endpoint")
     await page.click("button:has-text('Save')")
     await expect(page.locator(".notice")).to_contain_text("Endpoint saved")
     await expect(page.locator("#endpoint-url")).to_have_text(target.url("/after"))
-    await expect(page.locator("dl.facts")).to_contain_text("invoice.paid")
+    facts = page.locator("dl.facts")
+    await expect(facts).to_contain_text("invoice.paid")
+    await expect(facts).to_contain_text('{"data.amount": {"$gte": 100}}')
+    await expect(facts).to_contain_text("X-Team: payments")
+    await expect(facts).to_contain_text("5 / s")
+    saved = (await operator.get(f"/subscriptions/{sub_id}")).json()
+    assert saved["filter"] == {"data.amount": {"$gte": 100}}
+    assert saved["headers"] == {"X-Team": "payments"}
+    assert saved["rate_limit"] == 5
+    # Editing again shows them as they were saved; emptied, they are removed.
+    await page.click("a:has-text('Edit')")
+    await expect(page.locator("#headers")).to_have_value("X-Team: payments")
+    await expect(page.locator("#rate_limit")).to_have_value("5")
+    for field in ("#filter", "#headers", "#rate_limit"):
+        await page.fill(field, "")
+    await page.click("button:has-text('Save')")
+    await expect(page.locator(".notice")).to_contain_text("Endpoint saved")
+    saved = (await operator.get(f"/subscriptions/{sub_id}")).json()
+    assert (saved["filter"], saved["headers"], saved["rate_limit"]) == (None, None, None)
 
     await page.click("#toggle-active")
     await expect(page.locator(".notice")).to_contain_text("disabled")

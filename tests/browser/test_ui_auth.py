@@ -431,6 +431,42 @@ async def test_forms_show_validation_errors(
     assert 'value="ftp://e.com/"' in r.text  # what was typed stays in the form
 
 
+async def test_the_subscription_form_sets_the_endpoint_controls(
+    anonymous: httpx.AsyncClient, ingest: IngestServer
+) -> None:
+    csrf = await login(anonymous, ingest.api_key)
+    form = {"csrf": csrf, "target_url": "https://e.com/hook", "event_types": "order.paid"}
+    for controls, complaint in (
+        ({"filter": "{not json"}, "not valid JSON"),
+        ({"filter": '{"a": {"$bogus": 1}}'}, "$bogus"),
+        ({"headers": "X-Team"}, "Name: value"),
+        ({"headers": "Content-Type: text/plain"}, "is set by Hookstream"),
+        ({"rate_limit": "0"}, "greater than or equal to 1"),
+    ):
+        r = await anonymous.post("/ui/subscriptions", data={**form, **controls})
+        assert r.status_code == 422, controls
+        assert complaint in r.text, (controls, complaint)
+    r = await anonymous.post(
+        "/ui/subscriptions",
+        data={
+            **form,
+            "filter": '{"data.amount": {"$gte": 100}}',
+            "headers": "X-Team: payments\nX-Env: prod",
+            "rate_limit": "5",
+        },
+    )
+    assert r.status_code == 303
+    sub_id = r.headers["location"].split("/")[-1].split("?")[0]
+    async with httpx.AsyncClient(base_url=ingest.url, headers=ingest.auth) as operator:
+        saved = (await operator.get(f"/subscriptions/{sub_id}")).json()
+    assert saved["filter"] == {"data.amount": {"$gte": 100}}
+    assert saved["headers"] == {"X-Team": "payments", "X-Env": "prod"}
+    assert saved["rate_limit"] == 5
+    page = (await anonymous.get(f"/ui/subscriptions/{sub_id}")).text
+    assert "X-Team: payments" in page
+    assert "5 / s" in page
+
+
 async def test_unknown_and_malformed_ids_are_404_pages(
     anonymous: httpx.AsyncClient, ingest: IngestServer
 ) -> None:

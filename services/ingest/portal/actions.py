@@ -37,7 +37,7 @@ from services.ingest.subscriptions import (
     update_subscription,
 )
 from services.ingest.test_events import send_test_event
-from services.ingest.ui.forms import event_types, field_errors
+from services.ingest.ui.forms import CONTROLS, event_types, field_errors, read_controls
 from services.ingest.ui.web import describe
 from shared.logging import get_logger
 from shared.models import Subscription
@@ -53,13 +53,14 @@ ENDPOINTS = f"{PREFIX}/endpoints"
 async def create(request: Request, portal: PortalLoggedIn) -> Response:
     form = await read_form(request, portal)
     res = from_request(request)
-    values = {k: form.get(k, "") for k in ("target_url", "event_types")}
+    values = {k: form.get(k, "") for k in ("target_url", "event_types", *CONTROLS)}
     secret = generate_secret()
     try:
         data = SubscriptionCreate(
             target_url=values["target_url"].strip(),
             secret_key=secret,
             event_types=event_types(values["event_types"]),
+            **read_controls(form),
         )
         async with portal.tenant.begin() as db:
             sub = await create_subscription(
@@ -84,11 +85,12 @@ async def update(subscription_id: uuid.UUID, request: Request, portal: PortalLog
     res = from_request(request)
     async with portal.tenant.session() as db:
         sub = await get_subscription(db, subscription_id)
-    values = {k: form.get(k, "") for k in ("target_url", "event_types")}
+    values = {k: form.get(k, "") for k in ("target_url", "event_types", *CONTROLS)}
     try:
         patch = SubscriptionUpdate(
             target_url=values["target_url"].strip(),
             event_types=event_types(values["event_types"]),
+            **read_controls(form),
         )
         async with portal.tenant.begin() as db:
             await update_subscription(

@@ -26,6 +26,7 @@ from services.ingest.schemas import AttemptOut, SubscriptionOut
 from services.ingest.status import dead_letters, delivery_status
 from services.ingest.subscriptions import get_subscription, page_subscriptions
 from services.ingest.ui import queries as ui_queries
+from services.ingest.ui.forms import control_values
 from services.ingest.ui.payload import payload_view
 from shared.models import AttemptStatus, Subscription
 
@@ -105,6 +106,7 @@ def endpoint_form(
         values = {
             "target_url": sub.target_url if sub else "",
             "event_types": " ".join(sub.event_types) if sub else "",
+            **control_values(sub),
         }
     return render(
         request,

@@ -26,7 +26,7 @@ from services.ingest.subscriptions import (
     update_subscription,
 )
 from services.ingest.tenancy import Tenant, operator, resolve_application
-from services.ingest.ui.forms import event_types, field_errors
+from services.ingest.ui.forms import CONTROLS, event_types, field_errors, read_controls
 from services.ingest.ui.pages import (
     REPLAY_WINDOWS_HOURS,
     AppRef,
@@ -93,12 +93,13 @@ def _has_nul(value: Any) -> bool:
 async def create(request: Request, session: LoggedIn) -> Response:
     form = await read_form(request, session)
     res = from_request(request)
-    values = {k: form.get(k, "") for k in ("target_url", "event_types")}
+    values = {k: form.get(k, "") for k in ("target_url", "event_types", *CONTROLS)}
     try:
         data = SubscriptionCreate(
             target_url=values["target_url"].strip(),
             secret_key=form.get("secret_key") or None,
             event_types=event_types(values["event_types"]),
+            **read_controls(form),
         )
         async with res.sessions.begin() as db:
             sub = await create_subscription(
@@ -120,7 +121,7 @@ async def create(request: Request, session: LoggedIn) -> Response:
 async def update(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
     form = await read_form(request, session)
     res = from_request(request)
-    values = {k: form.get(k, "") for k in ("target_url", "event_types")}
+    values = {k: form.get(k, "") for k in ("target_url", "event_types", *CONTROLS)}
     fields: dict[str, Any] = {
         "target_url": values["target_url"].strip(),
         "event_types": event_types(values["event_types"]),
@@ -131,7 +132,7 @@ async def update(subscription_id: uuid.UUID, request: Request, session: LoggedIn
     elif form.get("secret_key"):
         fields["secret_key"] = form["secret_key"]
     try:
-        patch = SubscriptionUpdate(**fields)
+        patch = SubscriptionUpdate(**fields, **read_controls(form))
         async with res.sessions.begin() as db:
             await update_subscription(
                 db, subscription_id, patch, max_url_length=res.settings.max_url_length

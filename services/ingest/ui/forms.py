@@ -4,6 +4,7 @@ complaints turned back into one message per field."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -18,7 +19,52 @@ _PLAIN = {
     ("event_types", "string_pattern_mismatch"): "event types are printable ASCII, no spaces",
     ("uid", "string_pattern_mismatch"): "letters, digits, '.', '_' and '-' only",
     ("metadata", "dict_type"): "must be a JSON object",
+    ("filter", "dict_type"): "must be a JSON object",
 }
+_RATE = "a whole number of deliveries per second, or empty for no limit"
+# The endpoint controls a form edits, as text fields.
+CONTROLS = ("filter", "headers", "rate_limit")
+
+
+def control_values(sub: Any | None) -> dict[str, str]:
+    """A subscription's filter, headers and rate limit as the form shows them: the filter
+    as indented JSON, the headers one ``Name: value`` per line, the rate as a number."""
+    if sub is None:
+        return dict.fromkeys(CONTROLS, "")
+    return {
+        "filter": json.dumps(sub.filter, indent=2, ensure_ascii=False) if sub.filter else "",
+        "headers": "\n".join(f"{k}: {v}" for k, v in (sub.headers or {}).items()),
+        "rate_limit": "" if sub.rate_limit is None else str(sub.rate_limit),
+    }
+
+
+def read_controls(form: Any) -> dict[str, Any]:
+    """The three control fields of a submitted form as the schemas take them (an empty
+    field is null: no filter, no headers, no limit). Text that is not JSON, or a header
+    line without a colon, is an ``Unprocessable`` naming the field."""
+    text = {k: str(form.get(k, "")).strip() for k in CONTROLS}
+    controls: dict[str, Any] = {"filter": None, "headers": None, "rate_limit": None}
+    if text["filter"]:
+        try:
+            controls["filter"] = json.loads(text["filter"])
+        except ValueError as exc:
+            raise Unprocessable(["filter"], f"not valid JSON: {exc}") from None
+    if text["headers"]:
+        headers: dict[str, str] = {}
+        for n, line in enumerate(text["headers"].splitlines(), 1):
+            if not line.strip():
+                continue
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise Unprocessable(["headers"], f"line {n}: write it as 'Name: value'")
+            headers[name.strip()] = value.strip()
+        controls["headers"] = headers or None
+    if text["rate_limit"]:
+        try:
+            controls["rate_limit"] = int(text["rate_limit"])
+        except ValueError:
+            raise Unprocessable(["rate_limit"], _RATE) from None
+    return controls
 
 
 def event_types(text: str) -> list[str]:

@@ -29,6 +29,7 @@ from services.ingest.subscriptions import (
 from services.ingest.tenancy import Tenant, resolve_application
 from services.ingest.ui import queries
 from services.ingest.ui.chart import per_minute_chart
+from services.ingest.ui.forms import control_values
 from services.ingest.ui.payload import payload_view
 from services.ingest.ui.web import PREFIX, LoggedIn, UiRoute, render
 from shared.models import Application, AttemptStatus, Subscription
@@ -146,6 +147,7 @@ def subscription_form(
         values = {
             "target_url": sub.target_url if sub else "",
             "event_types": " ".join(sub.event_types) if sub else "",
+            **control_values(sub),
         }
     return render(
         request,
