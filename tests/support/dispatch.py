@@ -75,12 +75,19 @@ class DispatchWorld:
         return sub_id
 
     async def add_subscriptions(
-        self, target_url: str, count: int, *, event_types: Sequence[str] = ()
+        self,
+        target_url: str,
+        count: int,
+        *,
+        event_types: Sequence[str] = (),
+        body_filter: dict[str, Any] | None = None,
     ) -> list[uuid.UUID]:
         ids = [uuid.uuid4() for _ in range(count)]
         async with self.sessions.begin() as session:
             session.add_all(
-                Subscription(id=i, target_url=target_url, event_types=list(event_types))
+                Subscription(
+                    id=i, target_url=target_url, event_types=list(event_types), filter=body_filter
+                )
                 for i in ids
             )
         await notify_changed(self.redis, self.settings.topic_prefix, ids[0])
