@@ -59,6 +59,7 @@ class DispatchWorld:
         secret: str | None = None,
         event_types: Sequence[str] = (),
         active: bool = True,
+        rate_limit: int | None = None,
     ) -> uuid.UUID:
         sub_id = uuid.uuid4()
         async with self.sessions.begin() as session:
@@ -69,6 +70,7 @@ class DispatchWorld:
                     secret_key=secret,
                     event_types=list(event_types),
                     is_active=active,
+                    rate_limit=rate_limit,
                 )
             )
         await notify_changed(self.redis, self.settings.topic_prefix, sub_id)
