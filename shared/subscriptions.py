@@ -70,8 +70,14 @@ _POLL = text(
         c.application_id
     FROM snap
     LEFT JOIN subscription_changes c ON c.txid >= CAST(CAST(:since AS text) AS xid8)
+    LIMIT :cap
     """
 )
+# More changes than this in one poll (a bulk import, a mass update) are not read one by
+# one: the process drops what it holds and reloads lazily. Reading a million change rows
+# froze every process's loop for ~3 s after a bulk load; dropping costs one PostgreSQL
+# read per application and id as they are next used.
+OVERFLOW = 5_000
 _XMIN = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
 
 
@@ -202,7 +208,9 @@ class SubscriptionCache:
         *,
         max_ids: int = MAX_IDS,
         max_app_views: int = MAX_APP_VIEWS,
+        overflow: int = OVERFLOW,
     ) -> None:
+        self._overflow = overflow
         self._sessions = sessions
         self._redis = redis
         self._channel = change_channel(topic_prefix)
@@ -226,6 +234,9 @@ class SubscriptionCache:
         # a thousand changes).
         self._applied: dict[int, int] = {}
         self._generation = 0
+        # The generation of the last poll that dropped everything (an overflow): a load
+        # that began before it may hold rows older than the changes it skipped.
+        self._dropped_at = 0
         self._recent: collections.deque[tuple[int, uuid.UUID, uuid.UUID]] = collections.deque(
             maxlen=RECENT_CHANGES
         )
@@ -336,6 +347,10 @@ class SubscriptionCache:
             ).scalars()
             index = AppIndex(SubscriptionView.of(row) for row in rows)
         await self._settle(index, application_id, generation)
+        if self._dropped_at > generation:
+            # Everything was dropped while this loaded: its rows may predate the changes
+            # skipped, so answer with them once but do not keep them.
+            return index
         if len(index) <= self._max_app_views:
             self._apps[application_id] = index
             self._app_views += len(index)
@@ -367,7 +382,9 @@ class SubscriptionCache:
             self._app_views -= len(self._apps.pop(oldest))
 
     def _changed_since(self, generation: int, ids: set[uuid.UUID]) -> bool:
-        return any(gen >= generation and sid in ids for gen, sid, _ in self._recent)
+        return self._dropped_at > generation or any(
+            gen >= generation and sid in ids for gen, sid, _ in self._recent
+        )
 
     # --- changes --------------------------------------------------------------------
 
@@ -386,7 +403,13 @@ class SubscriptionCache:
         self._generation += 1
         generation = self._generation
         async with self._sessions() as session:
-            rows = (await session.execute(_POLL, {"since": self._since})).all()
+            rows = (
+                await session.execute(_POLL, {"since": self._since, "cap": self._overflow + 1})
+            ).all()
+        if len(rows) > self._overflow:
+            self._drop_everything(rows[0][0], generation)
+            SUBSCRIPTIONS_LOADED.set(began)
+            return
         changed: dict[uuid.UUID, uuid.UUID] = {}
         for xmin, change_id, txid, subscription_id, application_id in rows:
             self._since = xmin
@@ -405,6 +428,23 @@ class SubscriptionCache:
         for sid in held:
             self._apply(sid, changed[sid], found.get(sid))
         SUBSCRIPTIONS_LOADED.set(began)
+
+    def _drop_everything(self, xmin: str, generation: int) -> None:
+        """Too many changes to apply one by one: forget every view, so each is read again
+        when next used, and move the watermark on. (A transaction left open elsewhere
+        holds the watermark back, and then every poll overflows again until it ends.)"""
+        log.warning(
+            "subscription changes overflowed: cached views dropped, reloading as used",
+            more_than=self._overflow,
+            views=len(self),
+        )
+        self._since = xmin
+        self._applied.clear()
+        self._dropped_at = generation
+        self._by_id.clear()
+        self._misses.clear()
+        self._apps.clear()
+        self._app_views = 0
 
     def _apply(
         self, subscription_id: uuid.UUID, application_id: uuid.UUID, view: SubscriptionView | None

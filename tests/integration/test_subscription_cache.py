@@ -236,3 +236,53 @@ async def test_many_jobs_asking_for_one_cold_subscription_cost_one_query(
         assert opened - before == 2
     finally:
         await cache.stop()
+
+
+async def test_a_bulk_change_past_the_overflow_drops_the_cache_and_nothing_stale_is_served(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """A poll that finds more changes than it reads one by one (a bulk import) drops what
+    the process holds instead of reading them all; the next reads see the new rows."""
+    cache = SubscriptionCache(sessions, None, "unit", 60, overflow=10)
+    await cache.start()
+    try:
+        app = await add_app(engine)
+        held = await add_sub(engine, app, ["a"])
+        assert [v.id for v in await cache.matching(app, "a")] == [held]
+        assert (await cache.get(held)) is not None
+        # One transaction: the held subscription changes, 20 more arrive in its app.
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE subscriptions SET target_url = 'https://moved.example/' "
+                     "WHERE id = :id"),
+                {"id": held},
+            )  # fmt: skip
+            await conn.execute(
+                text(
+                    "INSERT INTO subscriptions (id, application_id, target_url, event_types) "
+                    "SELECT gen_random_uuid(), :app, 'https://e.example/', '{a}' "
+                    "FROM generate_series(1, 20)"
+                ),
+                {"app": app},
+            )
+        reads: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            reads.append(statement)
+
+        sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            await cache.refresh()
+        finally:
+            sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
+        assert len(cache) == 0  # dropped, not applied row by row
+        assert not any("FROM subscriptions" in r for r in reads)
+        view = await cache.get(held)
+        assert view is not None
+        assert view.target_url == "https://moved.example/"
+        assert len(await cache.matching(app, "a")) == 21
+        # The watermark moved on: the next poll is an ordinary one and drops nothing.
+        await cache.refresh()
+        assert len(cache) > 0
+    finally:
+        await cache.stop()
