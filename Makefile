@@ -56,16 +56,24 @@ stack-down:
 stack-status:
 	@$(STACK) status
 
-migrate: venv stack-up
-	$(BIN)/alembic upgrade head
+# A dev encryption key for subscription secrets is generated once into .local/ (like the
+# API key below) and used unless the caller set HOOKSTREAM_ENCRYPTION_KEYS.
+DEV_KEYS = $${HOOKSTREAM_ENCRYPTION_KEYS:-$$(cat .local/dev-encryption-key)}
+
+.local/dev-encryption-key: | venv
+	@mkdir -p .local && umask 077 && $(BIN)/python -m shared.secretbox generate-key > $@.tmp && mv $@.tmp $@
+
+migrate: venv stack-up .local/dev-encryption-key
+	HOOKSTREAM_ENCRYPTION_KEYS="$(DEV_KEYS)" $(BIN)/alembic upgrade head
 
 topics: venv stack-up
 	$(BIN)/python -m shared.topics
 
 # A dev API key is generated once into .local/ and printed, unless the caller set one.
 run: venv stack-up migrate topics
-	@$(BIN)/python -m services.janitor --once
-	@if [ -z "$$HOOKSTREAM_API_KEY" ]; then \
+	@HOOKSTREAM_ENCRYPTION_KEYS="$(DEV_KEYS)" $(BIN)/python -m services.janitor --once
+	@export HOOKSTREAM_ENCRYPTION_KEYS="$(DEV_KEYS)"; \
+	if [ -z "$$HOOKSTREAM_API_KEY" ]; then \
 	    test -s .local/dev-api-key || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .local/dev-api-key; \
 	    export HOOKSTREAM_API_KEY="$$(cat .local/dev-api-key)"; \
 	    echo "Development API key (from .local/dev-api-key): $$HOOKSTREAM_API_KEY"; \

@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from services.dispatcher.attempts import attempt_row
+from shared import secretbox
 from shared.db import asyncpg_dsn
 from shared.models import ATTEMPT_COLUMNS, AttemptStatus
 from shared.records import DeliveryJob, EventRecord, delivery_id_for
@@ -142,7 +143,8 @@ async def _simple_loop(stack: IsolatedStack, n: int) -> float:
     topics = Topics.from_settings(settings)
     conn = await asyncpg.connect(asyncpg_dsn(settings))
     subs = {
-        r["id"]: (r["target_url"], r["secret_key"])
+        # Read without the ORM, so opened here (stored sealed: shared/secretbox.py).
+        r["id"]: (r["target_url"], r["secret_key"] and secretbox.reveal(r["secret_key"]))
         for r in await conn.fetch("SELECT id, target_url, secret_key FROM subscriptions")
     }
     consumer = AIOKafkaConsumer(

@@ -9,10 +9,15 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared import secretbox
 from shared.settings import Settings
 
 
 def make_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
+    # Every process that reads or writes subscriptions builds its engine here, so this is
+    # where its keyring for the secrets' column goes in place; no key and no explicit
+    # permission for plaintext stops the process here, before it serves anything.
+    secretbox.install(settings)
     return create_async_engine(
         settings.database_url,
         pool_size=pool_size,

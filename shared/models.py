@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.secretbox import EncryptedText
+
 # The application with uid ``default`` holds what the seed-compatible flat routes create
 # (migration 0002). Fixed, so records and processes know it without a query.
 DEFAULT_APPLICATION_ID = uuid.uuid5(uuid.NAMESPACE_URL, "hookstream:application:default")
@@ -123,9 +125,9 @@ class Subscription(Tenanted, Base):
         server_default=str(DEFAULT_APPLICATION_ID),
     )
     target_url: Mapped[str] = mapped_column(Text)
-    secret_key: Mapped[str | None] = mapped_column(Text)
+    secret_key: Mapped[str | None] = mapped_column(EncryptedText)
     # After a rotation the previous secret signs and verifies too, until its expiry.
-    previous_secret_key: Mapped[str | None] = mapped_column(Text)
+    previous_secret_key: Mapped[str | None] = mapped_column(EncryptedText)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)

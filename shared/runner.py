@@ -16,10 +16,13 @@ import asyncio
 import os
 import resource
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import uvloop
 
+from shared import secretbox
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 
@@ -56,8 +59,26 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def refuse_to_start(name: str, reason: str) -> NoReturn:
+    """A setting the service cannot run without: one line in the log, one on stderr, exit
+    status 2, no traceback."""
+    get_logger(name).error("refusing to start", reason=reason)
+    print(f"{name}: {reason}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_secret_keys(name: str, settings: Settings) -> None:
+    """Every service reads or writes subscription rows: without a usable encryption key
+    (or plaintext allowed explicitly) none of them starts."""
+    try:
+        secretbox.keyring_for(settings)
+    except secretbox.SecretBoxError as exc:
+        refuse_to_start(name, str(exc))
+
+
 def run_worker(name: str, settings: Settings, main: WorkerMain) -> None:
     configure_logging(settings, service=name)
+    check_secret_keys(name, settings)
     soft, _ = raise_open_file_limit()
 
     async def _run() -> None:

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     # Development only: lets ingest start with no API key (management routes then refuse
     # every request). `make run` generates a key instead, so this is rarely needed.
     allow_no_api_key: bool = False
+    # Keys for subscription secrets at rest (shared/secretbox.py): base64 of 32 bytes each,
+    # comma-separated; the first encrypts, every one decrypts. Without one the services
+    # refuse to start unless allow_plaintext_secrets says otherwise.
+    encryption_keys: SecretStr | None = None
+    allow_plaintext_secrets: bool = False
     max_body_bytes: int = Field(262_144, ge=1024)
     max_url_length: int = Field(2048, ge=64)
     # Sum of header names and values per request; 16 KiB is Node's and nginx's ballpark.

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import sys
-
 import uvicorn
 
 from services.ingest.app import create_app
 from services.ingest.auth import ConfigurationError
 from services.ingest.server import uvicorn_config
-from shared.logging import configure_logging, get_logger
+from shared.logging import configure_logging
+from shared.runner import check_secret_keys, refuse_to_start
 from shared.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings, service="ingest")
+    check_secret_keys("ingest", settings)
     try:
         app = create_app(settings)
     except ConfigurationError as exc:
-        get_logger("ingest").error("refusing to start", reason=str(exc))
-        print(f"ingest: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse_to_start("ingest", str(exc))
     config = uvicorn_config(
         app, settings.http_host, settings.http_port, max_head_bytes=settings.max_header_bytes
     )

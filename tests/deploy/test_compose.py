@@ -235,10 +235,23 @@ def test_env_example_provides_every_required_variable_and_no_secret() -> None:
 
 def test_compose_refuses_to_start_without_the_secrets(compose: cf.Compose) -> None:
     ingest = cf.services(compose)["ingest"]
+    keys = {"HOOKSTREAM_ENCRYPTION_KEYS": "a-key"}
     with pytest.raises(cf.InterpolationError, match="HOOKSTREAM_API_KEY"):
-        cf.resolved_environment(ingest, {"POSTGRES_PASSWORD": "x"})
+        cf.resolved_environment(ingest, {"POSTGRES_PASSWORD": "x", **keys})
     with pytest.raises(cf.InterpolationError, match="POSTGRES_PASSWORD"):
-        cf.resolved_environment(ingest, {"HOOKSTREAM_API_KEY": "k", "POSTGRES_PASSWORD": ""})
+        cf.resolved_environment(
+            ingest, {"HOOKSTREAM_API_KEY": "k", "POSTGRES_PASSWORD": "", **keys}
+        )
+    # Every container reads or writes subscription secrets: none starts without the keys.
+    checked = []
+    for name, service in cf.services(compose).items():
+        if "HOOKSTREAM_DATABASE_URL" in str(service.get("environment", "")):
+            with pytest.raises(cf.InterpolationError, match="HOOKSTREAM_ENCRYPTION_KEYS"):
+                cf.resolved_environment(
+                    service, {"HOOKSTREAM_API_KEY": "k", "POSTGRES_PASSWORD": "x"}
+                )
+            checked.append(name)
+    assert {"ingest", "dispatcher", "migrate"} <= set(checked)
 
 
 def test_env_files_stay_out_of_git_and_the_image() -> None:

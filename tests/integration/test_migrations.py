@@ -4,6 +4,7 @@ application, and head → 0001 → head round-trips."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -12,16 +13,18 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
+from shared import secretbox
 from shared.models import DEFAULT_APPLICATION_ID
 from tests.support.stack import ROOT, IsolatedStack, admin_dsn
 
 
-def alembic(stack: IsolatedStack, *args: str) -> None:
+def alembic(stack: IsolatedStack, *args: str, env: dict[str, str] | None = None) -> None:
     subprocess.run(
         [sys.executable, "-m", "alembic", "-x", f"url={stack.database_url}", *args],
         cwd=ROOT,
         check=True,
         capture_output=True,
+        env=env,
     )
 
 
@@ -82,3 +85,54 @@ async def test_existing_rows_move_into_the_default_application(empty: IsolatedSt
 
     alembic(empty, "downgrade", "0001")
     alembic(empty, "upgrade", "head")
+
+
+async def test_secrets_stored_in_plaintext_are_encrypted_by_the_migration(
+    empty: IsolatedStack,
+) -> None:
+    alembic(empty, "upgrade", "0006")
+    dsn = empty.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    one, two = uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO subscriptions (id, target_url, secret_key, previous_secret_key) VALUES "
+            "($1, 'https://e.example/', 'whsec_one', 'whsec_old'), "
+            "($2, 'https://e.example/', 'whsec_two', NULL)",
+            one,
+            two,
+        )
+    finally:
+        await conn.close()
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("HOOKSTREAM_")}
+    # Plaintext secrets and no key: the migration stops and says why, changing nothing.
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        alembic(empty, "upgrade", "head", env=bare)
+    assert "2 subscriptions have secrets to encrypt" in refused.value.stderr.decode()
+    key = secretbox.generate_key()
+    alembic(empty, "upgrade", "head", env={**bare, "HOOKSTREAM_ENCRYPTION_KEYS": key})
+    keyring = secretbox.Keyring(secretbox.parse_keys(key))
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = {
+            r["id"]: (r["secret_key"], r["previous_secret_key"])
+            for r in await conn.fetch(
+                "SELECT id, secret_key, previous_secret_key FROM subscriptions"
+            )
+        }
+    finally:
+        await conn.close()
+    assert all(keyring.is_current(v) for pair in rows.values() for v in pair if v is not None)
+    assert keyring.open(rows[one][0]) == "whsec_one"
+    assert keyring.open(rows[one][1]) == "whsec_old"
+    assert keyring.open(rows[two][0]) == "whsec_two"
+    assert rows[two][1] is None
+    # Down again, with the key: plaintext as before.
+    alembic(empty, "downgrade", "0006", env={**bare, "HOOKSTREAM_ENCRYPTION_KEYS": key})
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT secret_key FROM subscriptions WHERE id = $1", two) == (
+            "whsec_two"
+        )
+    finally:
+        await conn.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from shared.secretbox import generate_key
 from shared.settings import Settings
 from shared.topics import ensure_topics
 
@@ -55,6 +56,11 @@ def migrate(database_url: str) -> None:
     )
 
 
+# One key for every stack of a test process: the keyring is per process (installed when
+# an engine is built), and tests build engines for several stacks.
+ENCRYPTION_KEY = generate_key()
+
+
 class IsolatedStack:
     """A fresh database and topic namespace on the running local stack."""
 
@@ -71,6 +77,7 @@ class IsolatedStack:
             "HOOKSTREAM_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
             "HOOKSTREAM_TOPIC_PREFIX": f"hstest-{tag}",
             "HOOKSTREAM_API_KEY": f"test-key-{secrets.token_hex(8)}",
+            "HOOKSTREAM_ENCRYPTION_KEYS": ENCRYPTION_KEY,
             "HOOKSTREAM_ALLOW_PRIVATE_TARGETS": "true",
             "HOOKSTREAM_RETRY_SCHEDULE": "1s,2s,3s",
             "HOOKSTREAM_EVENTS_PARTITIONS": "4",
