@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -479,3 +480,37 @@ async def test_unknown_and_malformed_ids_are_404_pages(
         r = await anonymous.get(path)
         assert r.status_code == 404, path
         assert r.headers["content-type"].startswith("text/html")
+
+
+async def test_the_dashboard_rotates_a_secret_and_sends_a_test_event(
+    anonymous: httpx.AsyncClient, ingest: IngestServer
+) -> None:
+    csrf = await login(anonymous, ingest.api_key)
+    r = await anonymous.post(
+        "/ui/subscriptions",
+        data={"csrf": csrf, "target_url": "https://e.com/hook", "secret_key": "whsec_first"},
+    )
+    sub_id = r.headers["location"].split("/")[-1].split("?")[0]
+    page = await anonymous.post(f"/ui/subscriptions/{sub_id}/secret", data={"csrf": csrf})
+    assert page.status_code == 200
+    assert "shown this once" in page.text
+    secret = page.text.split('id="secret">', 1)[1].split("<", 1)[0]
+    assert secret.startswith("whsec_")
+    assert secret != "whsec_first"
+    # Ingest verifies with the new secret and, during the overlap, the old one.
+    body = b'{"type": "order.paid"}'
+    for key in (secret, "whsec_first"):
+        digest = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        r = await anonymous.post(
+            f"/ingest/{sub_id}",
+            content=body,
+            headers={"x-hub-signature-256": f"sha256={digest}", "content-type": "application/json"},
+        )
+        assert r.status_code == 202, r.text
+    shown = (await anonymous.get(f"/ui/subscriptions/{sub_id}")).text
+    assert "the previous one signs too until" in shown
+    assert secret not in shown
+    r = await anonymous.post(f"/ui/subscriptions/{sub_id}/test", data={"csrf": csrf})
+    assert r.status_code == 303
+    assert r.headers["location"].endswith(f"/ui/subscriptions/{sub_id}?notice=test-sent")
+    assert "A test event is on its way" in (await anonymous.get(r.headers["location"])).text

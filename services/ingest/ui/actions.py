@@ -17,15 +17,17 @@ from services.ingest.applications.schemas import ApplicationCreate
 from services.ingest.errors import Conflict, HookstreamError, NotFound, Unprocessable
 from services.ingest.redelivery import replay_failures, retry_delivery
 from services.ingest.resources import from_request
-from services.ingest.schemas import SubscriptionCreate, SubscriptionUpdate
+from services.ingest.schemas import SecretRotate, SubscriptionCreate, SubscriptionUpdate
 from services.ingest.status import delivery_status
 from services.ingest.subscriptions import (
     announce_change,
     create_subscription,
     get_subscription,
+    rotate_secret,
     update_subscription,
 )
 from services.ingest.tenancy import Tenant, operator, resolve_application
+from services.ingest.test_events import send_test_event
 from services.ingest.ui.forms import CONTROLS, event_types, field_errors, read_controls
 from services.ingest.ui.pages import (
     REPLAY_WINDOWS_HOURS,
@@ -41,6 +43,7 @@ from services.ingest.ui.web import (
     describe,
     read_form,
     redirect,
+    render,
 )
 from shared.logging import get_logger
 from shared.models import DEFAULT_APPLICATION_ID
@@ -164,6 +167,32 @@ async def set_active(subscription_id: uuid.UUID, request: Request, session: Logg
     log.info("subscription updated", subscription_id=str(subscription_id), is_active=active)
     notice = "activated" if active else "deactivated"
     return redirect(f"{PREFIX}/subscriptions/{subscription_id}?notice={notice}")
+
+
+@router.post(f"{PREFIX}/subscriptions/{{subscription_id}}/secret")
+async def new_secret(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
+    await read_form(request, session)
+    res = from_request(request)
+    # The previous secret keeps signing for the API's default overlap (a day).
+    async with res.sessions.begin() as db:
+        sub, secret = await rotate_secret(db, subscription_id, SecretRotate())
+    await announce_change(res, subscription_id)
+    log.info("subscription secret rotated", subscription_id=str(subscription_id), via="dashboard")
+    return render(request, "secret.html", sub=sub, secret=secret)
+
+
+@router.post(f"{PREFIX}/subscriptions/{{subscription_id}}/test")
+async def send_test(subscription_id: uuid.UUID, request: Request, session: LoggedIn) -> Response:
+    await read_form(request, session)
+    res = from_request(request)
+    _, delivery_id = await send_test_event(res, operator(res.sessions), subscription_id)
+    log.info(
+        "test event sent",
+        subscription_id=str(subscription_id),
+        delivery_id=str(delivery_id),
+        via="dashboard",
+    )
+    return redirect(f"{PREFIX}/subscriptions/{subscription_id}?notice=test-sent")
 
 
 @router.post(f"{PREFIX}/subscriptions/{{subscription_id}}/replay")

@@ -68,6 +68,8 @@ def notice_text(code: str | None, n: int | None = None, expired: int | None = No
         "replayed": f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again"
         + (f"; {expired} past retention, nothing left to send." if expired else "."),
         "application-created": "Application created.",
+        "test-sent": "A test event is on its way to this subscription only; its delivery "
+        "shows under Recent deliveries in a moment (reload).",
         "key-revoked": "API key revoked: every process refuses it within a second.",
     }
     return messages.get(code or "")
@@ -199,6 +201,7 @@ async def subscription_page(
         breaker=breaker,
         notice=notice_text(notice),
         replay_windows=REPLAY_WINDOWS_HOURS,
+        now=datetime.now(UTC),
     )
 
 
