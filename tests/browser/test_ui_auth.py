@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from services.ingest.login_limit import LIMIT, WINDOW
 from shared.db import make_engine
 from tests.browser.conftest import browser_login, csrf_of, login
 from tests.support.broker import IngestServer, running_ingest
+from tests.support.signing import hub_headers
 from tests.support.stack import IsolatedStack
 
 PAGES = ["/ui", "/ui/subscriptions", "/ui/subscriptions/new", "/ui/dlq"]
@@ -500,12 +500,7 @@ async def test_the_dashboard_rotates_a_secret_and_sends_a_test_event(
     # Ingest verifies with the new secret and, during the overlap, the old one.
     body = b'{"type": "order.paid"}'
     for key in (secret, "whsec_first"):
-        digest = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
-        r = await anonymous.post(
-            f"/ingest/{sub_id}",
-            content=body,
-            headers={"x-hub-signature-256": f"sha256={digest}", "content-type": "application/json"},
-        )
+        r = await anonymous.post(f"/ingest/{sub_id}", content=body, headers=hub_headers(key, body))
         assert r.status_code == 202, r.text
     shown = (await anonymous.get(f"/ui/subscriptions/{sub_id}")).text
     assert "the previous one signs too until" in shown

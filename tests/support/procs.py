@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 from tests.support.stack import ROOT, IsolatedStack
 
@@ -81,3 +82,25 @@ def running_service(
     log = proc.log()
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+class ChildServer:
+    """A helper server run as a child process (sink, target farm): a context manager that
+    stops it, and kills it if it does not stop within 10 s."""
+
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.procs import free_port
+from tests.support.procs import ChildServer, free_port
 from tests.support.stack import ROOT
 
 LOOPBACK = "127.0.0.1"
@@ -148,7 +148,7 @@ async def serve(args: argparse.Namespace) -> None:
     await asyncio.Event().wait()
 
 
-class TargetFarm:
+class TargetFarm(ChildServer):
     """The farm as a child process; ``ports`` once it answers on its control port."""
 
     def __init__(
@@ -211,20 +211,8 @@ class TargetFarm:
             pass
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop()
         self._errors.close()
-
-    def __enter__(self) -> TargetFarm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.procs import free_port
+from tests.support.procs import ChildServer, free_port
 from tests.support.stack import ROOT
 
 LOOPBACK = "127.0.0.1"
@@ -185,7 +185,7 @@ def _sink_app(delay: float) -> web.Application:
     return app
 
 
-class SinkProcess:
+class SinkProcess(ChildServer):
     """``python -m tests.support.targets`` on a free loopback port, in its own process."""
 
     def __init__(self, *, delay_ms: int = 0) -> None:
@@ -227,21 +227,6 @@ class SinkProcess:
         request = urllib.request.Request(self.url("/_reset"), method="POST")  # noqa: S310
         with urllib.request.urlopen(request, timeout=10):  # noqa: S310
             pass
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> SinkProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main() -> None:
