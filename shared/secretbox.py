@@ -131,9 +131,11 @@ _installed = False
 
 def keyring_for(settings: Settings) -> Keyring | None:
     """The keyring the settings ask for; refuses to go without one unless plaintext
-    secrets were allowed explicitly."""
-    if settings.encryption_keys is not None:
-        return Keyring(parse_keys(settings.encryption_keys.get_secret_value()))
+    secrets were allowed explicitly. An empty value counts as unset, as for the API key
+    (``.env.example`` and compose leave it empty until someone fills it in)."""
+    raw = "" if settings.encryption_keys is None else settings.encryption_keys.get_secret_value()
+    if raw.strip():
+        return Keyring(parse_keys(raw))
     if settings.allow_plaintext_secrets:
         return None
     raise SecretBoxError(

@@ -9,6 +9,7 @@ import base64
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from shared import secretbox
 from shared.db import make_engine, make_sessionmaker
 from shared.models import Subscription
 from tests.support.signing import hub_headers
-from tests.support.stack import IsolatedStack
+from tests.support.stack import ROOT, IsolatedStack
 
 
 def pg_dump() -> str:
@@ -158,6 +159,69 @@ async def test_a_key_rotation_rewrites_every_row_while_reads_keep_working(
             subs = (await db.execute(select(Subscription))).scalars().all()
         assert {s.id: (s.secret_key, s.previous_secret_key) for s in subs} == expected
         assert (await secretbox.reencrypt(only_new))["rewritten"] == 0
+        # The operator's command, as docs/operations.md gives it.
+        command = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shared.secretbox",
+            "reencrypt",
+            cwd=ROOT,
+            env=own_stack.process_env(HOOKSTREAM_ENCRYPTION_KEYS=new_key),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(command.communicate(), 60)
+        assert command.returncode == 0, err.decode()
+        assert "60 subscriptions with a secret, 0 rewritten" in out.decode()
     finally:
         await engine.dispose()
         secretbox.install(own_stack.settings())  # the suite's key again, for what follows
+
+
+def start(
+    stack: IsolatedStack, module: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=stack.process_env(**{"HOOKSTREAM_ALLOW_PLAINTEXT_SECRETS": "false", **env}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "service",
+    ["services.ingest", "services.dispatcher", "services.retry_scheduler", "services.janitor"],
+)
+def test_every_service_refuses_to_start_without_a_key(stack: IsolatedStack, service: str) -> None:
+    result = start(stack, service, HOOKSTREAM_ENCRYPTION_KEYS="")
+    assert result.returncode == 2, result.stderr
+    assert "HOOKSTREAM_ENCRYPTION_KEYS is not set" in result.stderr
+    assert "python -m shared.secretbox generate-key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_key_is_refused_by_position_never_echoed(stack: IsolatedStack) -> None:
+    good, bad = secretbox.generate_key(), base64.b64encode(b"not thirty-two bytes").decode()
+    result = start(stack, "services.ingest", HOOKSTREAM_ENCRYPTION_KEYS=f"{good},{bad}")
+    assert result.returncode == 2, result.stderr
+    assert "HOOKSTREAM_ENCRYPTION_KEYS: key 2 is not the base64 of 32 bytes" in result.stderr
+    for output in (result.stdout, result.stderr):
+        assert good not in output
+        assert bad not in output
+
+
+def test_plaintext_when_allowed_is_said_once_at_start_up(stack: IsolatedStack) -> None:
+    result = start(
+        stack,
+        "services.janitor",
+        "--once",
+        HOOKSTREAM_ENCRYPTION_KEYS="",
+        HOOKSTREAM_ALLOW_PLAINTEXT_SECRETS="true",
+    )
+    assert result.returncode == 0, result.stderr
+    logged = result.stdout + result.stderr
+    assert logged.count("subscription secrets are stored in plaintext") == 1, logged

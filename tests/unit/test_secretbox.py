@@ -79,6 +79,11 @@ def test_the_services_refuse_to_go_without_a_key_unless_plaintext_is_allowed(
     with pytest.raises(SecretBoxError, match="generate-key"):
         secretbox.keyring_for(Settings(_env_file=None))  # type: ignore[call-arg]
     assert secretbox.keyring_for(Settings(allow_plaintext_secrets=True)) is None
+    # Empty counts as unset, as for the API key: refused, or plaintext when allowed.
+    with pytest.raises(SecretBoxError, match="is not set"):
+        secretbox.keyring_for(Settings(encryption_keys=SecretStr(" ")))
+    empty_but_allowed = Settings(encryption_keys=SecretStr(""), allow_plaintext_secrets=True)
+    assert secretbox.keyring_for(empty_but_allowed) is None
     keys = secretbox.keyring_for(Settings(encryption_keys=SecretStr(f"{B},{A}")))
     assert keys is not None
     assert keys.primary == key_id(base64.b64decode(B))
@@ -102,3 +107,11 @@ def test_the_column_type_seals_on_the_way_in_and_opens_on_the_way_out() -> None:
             column.process_result_value(stored, None)  # type: ignore[arg-type]
     finally:
         secretbox.install(Settings(allow_plaintext_secrets=True))
+
+
+def test_generate_key_prints_a_key_the_settings_accept(capsys: pytest.CaptureFixture[str]) -> None:
+    assert secretbox.main(["generate-key"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert len(parse_keys(printed)) == 1
+    assert secretbox.main(["bogus"]) == 2
+    assert "usage" in capsys.readouterr().err
