@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -138,6 +139,8 @@ class Subscription(Tenanted, Base):
     headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     # Deliveries per second that may start (services/dispatcher/rates.py); null: no limit.
     rate_limit: Mapped[int | None] = mapped_column(Integer)
+    # Deliver one at a time, in the order the broker accepted them (dispatcher/ordered.py).
+    ordered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     deactivated_reason: Mapped[str | None] = mapped_column(Text)
     # Consecutive failed deliveries and when the streak began (auto-deactivation).
     failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -163,6 +166,66 @@ class Event(Tenanted, Base):
     application_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, server_default=str(DEFAULT_APPLICATION_ID)
     )
+
+
+class Backfill(Tenanted, Base):
+    """A window of the events topic re-delivered to one subscription (trigger ``backfill``)."""
+
+    __tablename__ = "backfills"
+    __table_args__ = (Index("ix_backfills_subscription", "subscription_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    status: Mapped[str] = mapped_column(String(16), default="running", server_default="running")
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    scanned: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    matched: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    published: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OrderedSequence(Base):
+    """An ordered subscription's last sequence number, and which dispatcher process
+    delivers its queue (a lease, so a crashed owner's queue is taken over)."""
+
+    __tablename__ = "ordered_sequences"
+
+    subscription_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    owner: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OrderedJob(Base):
+    """A job of an ordered subscription, waiting for the ones before it (migration 0008)."""
+
+    __tablename__ = "ordered_jobs"
+    __table_args__ = (
+        Index(
+            "ix_ordered_jobs_waiting",
+            "subscription_id",
+            "seq",
+            postgresql_where=text("done_at IS NULL"),
+        ),
+        Index("ix_ordered_jobs_done", "done_at", postgresql_where=text("done_at IS NOT NULL")),
+    )
+
+    subscription_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    headers: Mapped[bytes] = mapped_column(LargeBinary)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class DeliveryAttempt(Tenanted, Base):
