@@ -19,14 +19,12 @@ rather than silently.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from services.dispatcher.attempts import AttemptWriter, attempt_row
 from services.dispatcher.batching import RowWriter
@@ -34,9 +32,10 @@ from services.dispatcher.delivery_stage import Progress
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.stalls import ZombieFence
 from shared.logging import get_logger
+from shared.matching import Payload, not_wanted_reason
 from shared.metrics import DELIVERIES
 from shared.models import AttemptStatus
-from shared.records import TEST_TRIGGER, DeliveryJob, EventRecord
+from shared.records import DeliveryJob, EventRecord
 from shared.subscriptions import SubscriptionCache, SubscriptionView
 from shared.topics import Topics
 
@@ -78,59 +77,6 @@ class EventWriter(RowWriter[EventRow]):
         columns = list(zip(*rows, strict=True))
         async with self._pool.acquire() as conn:
             await conn.execute(_INSERT_EVENTS, *columns)
-
-
-class Payload:
-    """An event's body decoded as JSON once, and only if a filter asks for it."""
-
-    __slots__ = ("_body", "_value")
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self._value: Any = _UNREAD
-
-    @property
-    def value(self) -> Any:
-        if self._value is _UNREAD:
-            self._value = _decode(self._body)
-        return self._value
-
-    def accepted_by(self, sub: SubscriptionView) -> bool:
-        return sub.accepts is None or sub.accepts(self.value)
-
-
-_UNREAD = object()
-
-
-def _decode(body: bytes) -> Any:
-    """Ingest accepted only JSON; orjson refuses lone surrogates, the stdlib does not.
-    Anything else (None) matches no filter."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(body.decode())
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None
-
-
-def not_wanted_reason(
-    sub: SubscriptionView | None, event: EventRecord, payload: Payload
-) -> str | None:
-    """Why a targeted event is not delivered to its subscription, or None to deliver.
-    A test event goes to its subscription whatever its types and filter say."""
-    if sub is None:
-        return "not delivered: subscription no longer exists"
-    if not sub.is_active:
-        return "not delivered: subscription is inactive"
-    if event.trigger == TEST_TRIGGER:
-        return None
-    event_type = event.event_type
-    if not sub.wants(event_type):
-        return f"not delivered: subscription no longer accepts event type {event_type!r}"
-    if not payload.accepted_by(sub):
-        return "not delivered: the body no longer matches the subscription's filter"
-    return None
 
 
 @dataclass(slots=True)
