@@ -106,7 +106,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy shared services
+	$(BIN)/mypy shared services hookstream_cli
 
 clean: stack-down
 	rm -rf .local $(VENV)

@@ -1,0 +1,1 @@
+"""The ``hookstream`` command line, built on the typed client in ``shared.client``."""
