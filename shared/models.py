@@ -172,7 +172,14 @@ class Backfill(Tenanted, Base):
     """A window of the events topic re-delivered to one subscription (trigger ``backfill``)."""
 
     __tablename__ = "backfills"
-    __table_args__ = (Index("ix_backfills_subscription", "subscription_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_backfills_subscription", "subscription_id", "created_at"),
+        Index(
+            "ix_backfills_running",
+            "created_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     subscription_id: Mapped[uuid.UUID] = mapped_column(Uuid)
@@ -189,6 +196,11 @@ class Backfill(Tenanted, Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # {partition: next offset} and {partition: stop offset} (JSON keys are strings).
+    positions: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    end_offsets: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    owner: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class OrderedSequence(Base):

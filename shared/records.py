@@ -21,6 +21,8 @@ Headers = list[tuple[str, bytes]]
 # whatever its event types and filter say; only ingest's own code sets a trigger.
 TEST_EVENT_TYPE = "hookstream.test"
 TEST_TRIGGER = "test"
+# Jobs a backfill publishes (services/janitor/backfill.py) and the attempts they make.
+BACKFILL_TRIGGER = "backfill"
 
 
 class RecordError(ValueError):

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     retry_partitions: int = Field(4, ge=1)
     dlq_partitions: int = Field(1, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
+    # How long the events topic keeps records (retention.ms, applied when the topic is
+    # created): the history a backfill can replay. At least the attempt retention (72 h),
+    # so any delivery still shown can be backfilled; 168 h is Kafka's own default, what
+    # the topic had before this was a setting.
+    events_retention_hours: int = Field(168, ge=1)
 
     # --- delivery --------------------------------------------------------------------
     retry_schedule: RetrySchedule = tuple(
@@ -115,6 +120,18 @@ class Settings(BaseSettings):
     partition_width: timedelta = timedelta(hours=6)
     partitions_ahead: int = Field(8, ge=1)
     janitor_interval: timedelta = timedelta(minutes=5)
+
+    # --- backfill (janitor) ----------------------------------------------------------
+    # Delivery jobs a janitor process publishes per second for backfills, all of them
+    # together. They join live traffic on the deliveries topic: at 500/s a backfill takes
+    # a fifth of what one dispatcher sends to fast targets on 2 cores (~2,500/s), and
+    # 100,000 matching events take ~3.5 min.
+    backfill_max_rate: int = Field(500, ge=1)
+    # Events read per second from the log, all backfills of a process together. Reading
+    # costs CPU (header decoding, matching) on the same cores as live traffic.
+    backfill_max_scan_rate: int = Field(50_000, ge=100)
+    # Backfills one janitor process runs at once; the rest wait their turn.
+    backfill_concurrency: int = Field(2, ge=1)
 
     # --- portal ----------------------------------------------------------------------
     # Origins allowed to show /portal in a frame (CSP frame-ancestors), space-separated,

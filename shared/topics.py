@@ -65,9 +65,19 @@ class Topics:
         counts.update(dict.fromkeys(self.retry_topics, settings.retry_partitions))
         return counts
 
+    def configs(self, settings: Settings) -> dict[str, dict[str, str]]:
+        """Topic properties set at creation. The events topic is the history backfill
+        replays, so its retention is a setting; the others keep the broker's default
+        (their records are work in progress, consumed within the retry schedule).
+        ``retention.ms`` means the same on Kafka and Redpanda."""
+        retention_ms = settings.events_retention_hours * 3_600_000
+        return {self.events: {"retention.ms": str(retention_ms)}}
+
 
 async def ensure_topics(settings: Settings) -> dict[str, str]:
-    """Create every topic that is missing; existing ones are left as they are.
+    """Create every topic that is missing; existing ones are left as they are (their
+    properties too: change an existing topic's retention with the broker's tools, see
+    docs/operations.md).
 
     Returns ``{topic: "created" | "exists"}``.
     """
@@ -78,7 +88,12 @@ async def ensure_topics(settings: Settings) -> dict[str, str]:
         existing = set(await admin.list_topics())
         wanted = topics.partition_counts(settings)
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=settings.topic_replication_factor)
+            NewTopic(
+                name,
+                num_partitions=n,
+                replication_factor=settings.topic_replication_factor,
+                topic_configs=topics.configs(settings).get(name, {}),
+            )
             for name, n in wanted.items()
             if name not in existing
         ]

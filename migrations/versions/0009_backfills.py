@@ -32,11 +32,23 @@ def upgrade() -> None:
             error text,
             created_at timestamptz NOT NULL DEFAULT now(),
             updated_at timestamptz NOT NULL DEFAULT now(),
-            finished_at timestamptz
+            finished_at timestamptz,
+            -- {partition: next offset to read} and {partition: offset to stop at}, both
+            -- fixed when the worker starts it, so a restarted worker resumes, not restarts.
+            positions jsonb,
+            end_offsets jsonb,
+            -- The worker running it and until when its claim holds (renewed with each
+            -- progress save); a claim that lapsed is taken over by another worker.
+            owner text,
+            lease_until timestamptz
         )
         """
     )
     op.execute("CREATE INDEX ix_backfills_subscription ON backfills (subscription_id, created_at)")
+    # Workers look for running backfills every second; the finished ones are the bulk.
+    op.execute(
+        "CREATE INDEX ix_backfills_running ON backfills (created_at) WHERE status = 'running'"
+    )
 
 
 def downgrade() -> None:

@@ -24,6 +24,7 @@ from services.ingest import (
 )
 from services.ingest.applications import routes as applications
 from services.ingest.auth import check_api_key_configured, configured_key
+from services.ingest.backfills import routes as backfills
 from services.ingest.errors import install_error_handlers
 from services.ingest.ingest_endpoint import add_ingest_route
 from services.ingest.portal import actions as portal_actions
@@ -94,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)
     app.include_router(subscriptions.router)
     app.include_router(test_events.router)
+    app.include_router(backfills.router)
     app.include_router(applications.router)
     app.include_router(subscriptions.app_router)
     app.include_router(portal_links.router)

@@ -1,8 +1,10 @@
-"""`python -m services.janitor [--once]`: periodic housekeeping.
+"""`python -m services.janitor [--once]`: periodic housekeeping, and backfills.
 
 Every ``janitor_interval`` (default 5 min) one pass: drop expired partitions, create the
 next ones, empty the DEFAULT partitions, count Redis keys. ``--once`` runs one pass and
 exits 0, or non-zero when the pass failed (`make run` relies on it before starting).
+Between passes (not with ``--once``) the backfill worker runs what
+``POST /subscriptions/{id}/backfill`` asked for (``backfill.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
+from services.janitor.backfill import running_backfills
 from services.janitor.housekeeping import JanitorReport, run_once
 from shared.db import make_engine
 from shared.logging import get_logger
@@ -38,6 +41,8 @@ async def run(
         resources.push_async_callback(engine.dispose)
         redis = make_redis(settings)
         resources.push_async_callback(redis.aclose)
+        if not once:
+            await resources.enter_async_context(running_backfills(settings, stop))
         while True:
             try:
                 report = await run_once(engine, redis, settings)
