@@ -155,7 +155,14 @@ class Event(Tenanted, Base):
     """Range-partitioned by received_at; the janitor drops whole partitions."""
 
     __tablename__ = "events"
-    __table_args__ = ({"postgresql_partition_by": "RANGE (received_at)"},)
+    __table_args__ = (
+        # Search (GET /status/events), newest first: all, by application, by type, both.
+        Index("ix_events_received", "received_at"),
+        Index("ix_events_application", "application_id", "received_at"),
+        Index("ix_events_event_type", "event_type", "received_at"),
+        Index("ix_events_application_event_type", "application_id", "event_type", "received_at"),
+        {"postgresql_partition_by": "RANGE (received_at)"},
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
@@ -260,6 +267,22 @@ class DeliveryAttempt(Tenanted, Base):
             "application_id",
             "created_at",
             postgresql_where=text("status = 'FAILURE'"),
+        ),
+        # Search (GET /status/deliveries, migration 0010): by event type, and the status
+        # filters; the partial ones hold failed attempts only.
+        Index("ix_attempts_event_type", "event_type", "created_at"),
+        Index("ix_attempts_application_event_type", "application_id", "event_type", "created_at"),
+        Index(
+            "ix_attempts_unsettled",
+            "status",
+            "created_at",
+            postgresql_where=text("status <> 'SUCCESS'"),
+        ),
+        Index(
+            "ix_attempts_application_retrying",
+            "application_id",
+            "created_at",
+            postgresql_where=text("status = 'FAILED_ATTEMPT'"),
         ),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )

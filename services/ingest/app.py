@@ -33,6 +33,7 @@ from services.ingest.portal import login as portal_login
 from services.ingest.portal import pages as portal_pages
 from services.ingest.request_body import BodyLimitMiddleware, HeaderLimitMiddleware
 from services.ingest.resources import Resources, open_resources
+from services.ingest.search import routes as search
 from services.ingest.ui.queries import HEALTH_WINDOW as OVERVIEW_WINDOW
 from services.ingest.ui.web import compile_templates
 from shared import __version__
@@ -100,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(subscriptions.app_router)
     app.include_router(portal_links.router)
     app.include_router(status.router)
+    app.include_router(search.router)
     app.include_router(stats.router)
     app.include_router(redelivery.router)
     app.include_router(tools.router)

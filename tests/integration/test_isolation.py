@@ -89,6 +89,8 @@ async def make_application(op: httpx.AsyncClient, name: str) -> Objects:
     objs.uid = uid
     objs.ids = {
         "app": app["id"],
+        # The search routes take it as a filter (GET /status/events?application_id=).
+        "application_id": app["id"],
         "subscription_id": sub["id"],
         "key_id": key["id"],
         "delivery_id": str(uuid.uuid4()),

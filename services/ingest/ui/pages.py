@@ -9,6 +9,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
@@ -16,9 +17,11 @@ from starlette.responses import Response
 from services.ingest import pagination
 from services.ingest.applications.schemas import ApplicationOut
 from services.ingest.applications.service import list_applications, list_keys
-from services.ingest.errors import NotFound
+from services.ingest.errors import NotFound, Unprocessable
+from services.ingest.portal.queries import STATUSES, input_value, parse_time
 from services.ingest.redelivery import DEFAULT_REPLAY_WINDOW, stored_event
 from services.ingest.resources import Resources, from_request
+from services.ingest.search.queries import DeliveryFilters, search_deliveries
 from services.ingest.stats import window_stats
 from services.ingest.status import dead_letters, delivery_status, subscription_deliveries
 from services.ingest.subscriptions import (
@@ -52,6 +55,7 @@ APPLICATION_ROWS = 100
 Notice = Annotated[str | None, Query(max_length=32)]
 Count = Annotated[int | None, Query(ge=0, le=1_000_000)]
 AppRef = Annotated[str, Path(min_length=1, max_length=100)]
+Field = Annotated[str | None, Query(max_length=200)]
 
 
 def notice_text(code: str | None, n: int | None = None, expired: int | None = None) -> str | None:
@@ -338,6 +342,69 @@ async def delivery_page(
     seen: Count = None,
 ) -> Response:
     return await delivery_page_response(request, delivery_id, notice=notice, seen=seen)
+
+
+@router.get(f"{PREFIX}/deliveries")
+async def deliveries_page(
+    request: Request,
+    _: LoggedIn,
+    status: Field = None,
+    event_type: Field = None,
+    subscription_id: Field = None,
+    application: Field = None,
+    since: Field = None,
+    until: Field = None,
+    cursor: pagination.Cursor = None,
+) -> Response:
+    """Search deliveries (``GET /status/deliveries`` as a page): the same filters, an
+    application by id or uid, times as a datetime-local field gives them (UTC)."""
+    since_at, until_at = parse_time(since, "since"), parse_time(until, "until")
+    typed = {
+        "status": (status or "").strip(),
+        "event_type": (event_type or "").strip(),
+        "subscription_id": (subscription_id or "").strip(),
+        "application": (application or "").strip(),
+        "since": input_value(since_at) or "",
+        "until": input_value(until_at) or "",
+    }
+    if typed["status"] and typed["status"] not in STATUSES:
+        raise Unprocessable(["query", "status"], f"status must be one of {', '.join(STATUSES)}")
+    async with from_request(request).sessions() as db:
+        app = await resolve_application(db, typed["application"]) if typed["application"] else None
+        filters = DeliveryFilters(
+            status=typed["status"] or None,
+            subscription_id=_uuid_field(typed["subscription_id"], "subscription_id"),
+            event_type=typed["event_type"] or None,
+            application_id=app.id if app else None,
+            since=since_at,
+            until=until_at,
+        )
+        listing = await search_deliveries(db, filters, cursor, PAGE_SIZE)
+        apps = await queries.applications_by_id(db, list({d.application_id for d in listing.data}))
+    kept = {k: v for k, v in typed.items() if v}
+    return render(
+        request,
+        "deliveries.html",
+        deliveries=listing.data,
+        applications=apps,
+        typed=typed,
+        filtered=bool(kept),
+        statuses=STATUSES,
+        next_query=urlencode({**kept, "cursor": listing.next_cursor})
+        if listing.next_cursor
+        else None,
+        first_page=cursor is None,
+        first_query=urlencode(kept),
+    )
+
+
+def _uuid_field(value: str, field: str) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise Unprocessable(["query", field], f"{field} must be an id (a UUID)") from None
 
 
 # --- dead letters -------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Search over what happened: events and deliveries, filtered, newest first, by cursor."""
