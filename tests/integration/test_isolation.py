@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -53,6 +53,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("patch", "/subscriptions/{subscription_id}"): {"is_active": False},
     ("post", "/subscriptions/{subscription_id}/secret/rotate"): {"overlap_seconds": 0},
     ("post", "/subscriptions/{subscription_id}/test"): {"event_type": "probe"},
+    ("post", "/subscriptions/{subscription_id}/backfill"): {"since": "2026-01-01T00:00:00Z"},
     ("post", "/applications"): {"name": "probe"},
     ("patch", "/applications/{app}"): {"name": "hijacked"},
     ("post", "/applications/{app}/subscriptions"): {"target_url": "https://example.com/a-probe"},
@@ -85,6 +86,8 @@ async def make_application(op: httpx.AsyncClient, name: str) -> Objects:
             json={"target_url": target, "secret_key": f"{name}-secret", "event_types": ["x"]},
         )
     ).json()
+    since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    backfill = (await op.post(f"/subscriptions/{sub['id']}/backfill", json={"since": since})).json()
     objs.key = key["key"]
     objs.uid = uid
     objs.ids = {
@@ -95,6 +98,7 @@ async def make_application(op: httpx.AsyncClient, name: str) -> Objects:
         "key_id": key["id"],
         "delivery_id": str(uuid.uuid4()),
         "event_id": str(uuid.uuid4()),
+        "backfill_id": backfill["id"],
     }
     objs.data = [*objs.ids.values(), uid, f"{name} corp", target, key["prefix"], key["key"]]
     return objs

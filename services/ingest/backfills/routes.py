@@ -44,7 +44,7 @@ def _out(backfill: Backfill) -> BackfillOut:
     response_model=BackfillOut,
     summary="Deliver to this subscription the events of a past window that it takes "
     "(trigger backfill); deliveries that already succeeded are not sent again",
-    responses=error_responses(401, 404, 409, 422, 503),
+    responses=error_responses(400, 401, 404, 409, 422, 503),
 )
 async def create(
     subscription_id: uuid.UUID, data: BackfillCreate, tenant: Caller, request: Request
