@@ -5,9 +5,14 @@ healthy subscriptions (the sink process). In the second, 10% of the subscription
 at a black hole (a loopback server that accepts connections and never answers) and get
 their share of jobs on top. In the third, those 10% instead point at a second sink with a
 rate limit of 5 deliveries/s each, far below their share, so most of their jobs wait their
-turn (issue 15). Healthy rate = healthy jobs / time from the sink's first to its last
-healthy request. Targets: with the black hole (issue 5) and with the rate-limited
-neighbours (issue 15), each ≥ 80% of without.
+turn (issue 15). In the fourth, those 10% are ordered subscriptions (issue 16) at the
+black hole: each one's head hangs for a delivery timeout and is retried in place while the
+rest of its jobs wait in PostgreSQL. Healthy rate = healthy jobs / time from the sink's
+first to its last healthy request. Targets: with the black hole (issue 5), with the
+rate-limited neighbours (issue 15) and with the stuck ordered ones (issue 16), each ≥ 80%
+of without.
+
+Also one ordered subscription alone at the sink: its deliveries/s, one at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ N_HEALTHY = int(os.environ.get("BENCH_ISOLATION_N", "20000"))
 SUBSCRIPTIONS = 50
 DEAD_SHARE = 0.10
 RATE_LIMIT = 5
+N_ORDERED = int(os.environ.get("BENCH_ORDERED_N", "2000"))
 
 
 def row(metric: str, value: float | int, unit: str, note: str = "") -> dict[str, Any]:
@@ -69,6 +75,7 @@ async def _preload(
     n_healthy: int,
     dead_url: str | None,
     rate_limit: int | None = None,
+    ordered: bool = False,
 ) -> int:
     """Jobs spread evenly over the subscriptions; returns how many went to the dead one."""
     n_dead_subs = round(SUBSCRIPTIONS * DEAD_SHARE) if dead_url else 0
@@ -80,7 +87,7 @@ async def _preload(
         ]
         dead = [
             await world.add_subscription(
-                f"{dead_url}/{i}", secret=f"whsec-d{i}", rate_limit=rate_limit
+                f"{dead_url}/{i}", secret=f"whsec-d{i}", rate_limit=rate_limit, ordered=ordered
             )
             for i in range(n_dead_subs)
         ]
@@ -90,19 +97,24 @@ async def _preload(
         subs = [healthy[i % n_healthy_subs] for i in range(n_healthy)]
         for i in range(n_dead):
             subs.insert(round(i * len(subs) / max(n_dead, 1)), dead[i % n_dead_subs])
-        now = datetime.now(UTC)
-        for start in range(0, len(subs), 2000):
-            acks = []
-            for i, sub in enumerate(subs[start : start + 2000], start):
-                event = EventRecord(uuid.uuid4(), "order.created", now, "application/json", body(i))
-                job = DeliveryJob.for_event(event, sub)
-                acks.append(
-                    await world.producer.send(
-                        world.topics.deliveries, job.body, key=job.key, headers=job.headers()
-                    )
-                )
-            await asyncio.gather(*acks)
+        await _produce(world, subs)
     return n_dead
+
+
+async def _produce(world: DispatchWorld, subs: list[uuid.UUID]) -> None:
+    """One job per entry of ``subs``, in that order, 2,000 at a time."""
+    now = datetime.now(UTC)
+    for start in range(0, len(subs), 2000):
+        acks = []
+        for i, sub in enumerate(subs[start : start + 2000], start):
+            event = EventRecord(uuid.uuid4(), "order.created", now, "application/json", body(i))
+            job = DeliveryJob.for_event(event, sub)
+            acks.append(
+                await world.producer.send(
+                    world.topics.deliveries, job.body, key=job.key, headers=job.headers()
+                )
+            )
+        await asyncio.gather(*acks)
 
 
 async def _skip_leftovers(stack: IsolatedStack) -> None:
@@ -127,9 +139,10 @@ def _drain(
     sink: SinkProcess,
     dead_url: str | None,
     rate_limit: int | None = None,
+    ordered: bool = False,
 ) -> tuple[float, int]:
     """(healthy deliveries/s, jobs for the other subscriptions)."""
-    n_dead = asyncio.run(_preload(stack, sink, N_HEALTHY, dead_url, rate_limit))
+    n_dead = asyncio.run(_preload(stack, sink, N_HEALTHY, dead_url, rate_limit, ordered))
     sink.reset()
     with tempfile.TemporaryDirectory() as logs:
         proc = start_dispatcher(stack, Path(logs), None)
@@ -146,6 +159,30 @@ def _drain(
     return N_HEALTHY / (stats["last"] - stats["first"]), n_dead
 
 
+async def _preload_ordered(stack: IsolatedStack, sink: SinkProcess, n: int) -> None:
+    async with DispatchWorld(stack.settings()) as world:
+        sub = await world.add_subscription(sink.url("/ordered"), secret=f"whsec-o{n}", ordered=True)
+        await _produce(world, [sub] * n)
+
+
+def _ordered_alone(stack: IsolatedStack, sink: SinkProcess) -> float:
+    """Deliveries/s of one ordered subscription draining a backlog at the sink."""
+    asyncio.run(_preload_ordered(stack, sink, N_ORDERED))
+    sink.reset()
+    with tempfile.TemporaryDirectory() as logs:
+        proc = start_dispatcher(stack, Path(logs), None)
+        try:
+            deadline = time.monotonic() + 300
+            while sink.stats()["unique"] < N_ORDERED:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"ordered jobs not delivered: {sink.stats()}")
+                time.sleep(0.05)
+        finally:
+            stop(proc)
+    stats = sink.stats()
+    return N_ORDERED / (stats["last"] - stats["first"])
+
+
 def run(stack: IsolatedStack) -> list[dict[str, Any]]:
     with SinkProcess() as sink, BackgroundBlackHole() as hole, SinkProcess() as limited:
         clean, _ = _drain(stack, sink, None)
@@ -156,12 +193,15 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
         limited_stats = limited.stats()
         dirty, n_dead = _drain(stack, sink, hole.url("/dead"))
         connections = hole.connections
+        stuck, n_ordered = _drain(stack, sink, hole.url("/ordered"), ordered=True)
+        ordered_rate = _ordered_alone(stack, sink)
         # The first drain runs on a cold stack; the baseline is the faster of two, one
         # before and one after the others, so a ratio is never flattered by warm-up.
         clean_after, _ = _drain(stack, sink, None)
     clean_first, clean = clean, max(clean, clean_after)
     ratio = 100 * dirty / clean
     paced_ratio = 100 * paced / clean
+    stuck_ratio = 100 * stuck / clean
     n_limited_subs = round(SUBSCRIPTIONS * DEAD_SHARE)
     return [
         row("healthy deliveries, no dead target", round(clean), "deliveries/s",
@@ -179,4 +219,13 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
             f"{limited_stats['requests']:,} of theirs delivered while the healthy ones ran)"),
         row("with rate-limited neighbours / without", round(paced_ratio, 1), "%",
             "target ≥ 80% " + ("(met)" if paced_ratio >= 80 else "(NOT met)")),
+        row("healthy deliveries, 10% ordered with a stuck head", round(stuck), "deliveries/s",
+            f"same {N_HEALTHY:,} healthy jobs, plus {n_ordered:,} for "
+            f"{round(SUBSCRIPTIONS * DEAD_SHARE)} ordered subscriptions at the black hole: "
+            "each head hangs and is retried in place, the rest of their jobs stored to wait"),
+        row("with stuck ordered neighbours / without", round(stuck_ratio, 1), "%",
+            "target ≥ 80% " + ("(met)" if stuck_ratio >= 80 else "(NOT met)")),
+        row("one ordered subscription, instant sink", round(ordered_rate, 1), "deliveries/s",
+            f"{N_ORDERED:,} jobs to one subscription with ordered: true, delivered one at a "
+            "time (a round trip to the sink and one PostgreSQL transaction each)"),
     ]  # fmt: skip

@@ -71,7 +71,8 @@ class EventRecord:
 
     Targeted (``POST /ingest/{id}``) records carry ``subscription_id`` and are keyed by
     it; fan-out (``POST /events``, ``POST /applications/{app}/events``) records have none
-    and are keyed by event id. Every record names its application; one without the
+    and are keyed by application id, so that one application's events keep the order the
+    broker accepted them in (ordered delivery). Every record names its application; one without the
     header was published before applications existed and belongs to the default one.
     """
 
@@ -87,7 +88,7 @@ class EventRecord:
 
     @property
     def key(self) -> bytes:
-        return str(self.subscription_id or self.event_id).encode()
+        return str(self.subscription_id or self.application_id).encode()
 
     def headers(self) -> Headers:
         h: Headers = [
@@ -139,6 +140,9 @@ class DeliveryJob:
     last_error: str | None = None
     application_id: uuid.UUID = DEFAULT_APPLICATION_ID
     extra: dict[str, bytes] = field(default_factory=dict, compare=False)
+    # An ordered subscription's sequence number (``webhook-sequence``). Set by the
+    # dispatcher from its queue (services/dispatcher/ordered.py), never carried in a record.
+    sequence: int | None = field(default=None, compare=False)
 
     @classmethod
     def for_event(cls, event: EventRecord, subscription_id: uuid.UUID) -> Self:

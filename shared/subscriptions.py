@@ -100,6 +100,8 @@ class SubscriptionView:
     previous_secret: str | None = None
     previous_until: datetime | None = None
     rate_limit: int | None = None
+    # Delivered one at a time, in order (services/dispatcher/ordered.py).
+    ordered: bool = False
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """The secrets that sign and verify now: the current one first, then the previous
@@ -129,6 +131,7 @@ class SubscriptionView:
             previous_secret=sub.previous_secret_key,
             previous_until=sub.previous_secret_expires_at,
             rate_limit=sub.rate_limit,
+            ordered=sub.ordered,
         )
 
 

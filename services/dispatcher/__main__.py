@@ -15,6 +15,7 @@ from services.dispatcher.breaker_gate import BreakerGate
 from services.dispatcher.consumer import Dispatcher
 from services.dispatcher.delivery_stage import DeliveryStage
 from services.dispatcher.fanout import EventWriter, FanOutStage
+from services.dispatcher.ordered import OrderedQueues
 from services.dispatcher.publishing import Publisher
 from services.dispatcher.resources import open_resources
 from services.dispatcher.stalls import LoopStalls, ZombieFence
@@ -103,6 +104,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             stalls=stalls,
             fence=fence,
         )
+        ordered = OrderedQueues(delivery, res.pg)
+        delivery.ordered = ordered
+        ordered.start()
         dispatcher = Dispatcher(
             res.consumer,
             res.topics,
@@ -123,6 +127,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             )
             await dispatcher.run(stop)
         finally:
+            await ordered.close()
             for task in (adapting, watching):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

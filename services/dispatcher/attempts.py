@@ -107,22 +107,33 @@ class AttemptWriter(RowWriter[tuple[AttemptRow, Streak | None]]):
 
     async def _copy(self, items: list[tuple[AttemptRow, Streak | None]]) -> None:
         async with self._pool.acquire() as conn:
-            await conn.copy_records_to_table(
-                "delivery_attempts", records=[row for row, _ in items], columns=ATTEMPT_COLUMNS
-            )
-            if self._policy is None:
-                return
-            # (subscription_id, mark, created_at) of the rows that count.
-            marks = [(row[4], mark, row[1]) for row, mark in items if mark is not None]
-            if not marks:
-                return
-            try:
-                deactivated = await streaks.apply(
-                    conn, streaks.tally(marks), self._policy, datetime.now(UTC)
-                )
-            except Exception as exc:
-                log.warning("failure streaks not updated", rows=len(marks), error=repr(exc))
-                return
+            await self.copy(conn, [row for row, _ in items])
+            deactivated = await self.count_streaks(conn, items)
+        await self.announce(deactivated)
+
+    @staticmethod
+    async def copy(conn: asyncpg.Connection, rows: list[AttemptRow]) -> None:
+        """The rows, now, on ``conn`` (inside the caller's transaction if it has one)."""
+        await conn.copy_records_to_table("delivery_attempts", records=rows, columns=ATTEMPT_COLUMNS)
+
+    async def count_streaks(
+        self, conn: asyncpg.Connection, items: list[tuple[AttemptRow, Streak | None]]
+    ) -> list[Deactivated]:
+        """Count the marked rows towards their subscriptions' failure streaks; best
+        effort (outside any transaction: a failure here must not undo the rows)."""
+        if self._policy is None:
+            return []
+        # (subscription_id, mark, created_at) of the rows that count.
+        marks = [(row[4], mark, row[1]) for row, mark in items if mark is not None]
+        if not marks:
+            return []
+        try:
+            return await streaks.apply(conn, streaks.tally(marks), self._policy, datetime.now(UTC))
+        except Exception as exc:
+            log.warning("failure streaks not updated", rows=len(marks), error=repr(exc))
+            return []
+
+    async def announce(self, deactivated: list[Deactivated]) -> None:
         if deactivated and self._on_deactivated is not None:
             try:
                 await self._on_deactivated(deactivated)

@@ -69,13 +69,15 @@ _RETRY_MAX = 30.0
 class Partition(PartitionOffsets):
     """One assigned partition: its offsets, plus what flow control needs."""
 
-    __slots__ = ("bytes", "paused", "tp")
+    __slots__ = ("bytes", "paused", "sent", "tp")
 
     def __init__(self, tp: TopicPartition) -> None:
         super().__init__()
         self.tp = tp
         self.bytes = 0
         self.paused = False
+        # Resolves once the last fan-out chunk handed to a task has sent its records.
+        self.sent: asyncio.Future[None] | None = None
 
     def over_window(self) -> bool:
         return (
@@ -179,8 +181,12 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
             self._poison(part, offset, exc)
             return
         progress = Progress()
+        # Taken here, in offset order: an ordered subscription's jobs are queued in it.
+        ticket = self._delivery.ticket(job)
         run = self._delivery.run
-        self._spawn(lambda: run(job, progress), Work(part, [offset], len(job.body), progress))
+        self._spawn(
+            lambda: run(job, progress, ticket), Work(part, [offset], len(job.body), progress)
+        )
 
     def _submit_events(self, part: Partition, records: Sequence[Any]) -> None:
         """Events of one partition are fanned out a chunk at a time: one task, one wait
@@ -197,8 +203,12 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         if events:
             size = sum(len(e.body) for e in events)
             progress = Progress()
+            # Chunks of a partition send their jobs in offset order, whatever order their
+            # lookups finish in: an ordered subscription's jobs keep the events' order.
+            after, part.sent = part.sent, asyncio.get_running_loop().create_future()
+            turn = (after, part.sent)
             run = self._fanout.run
-            self._spawn(lambda: run(events, progress), Work(part, offsets, size, progress))
+            self._spawn(lambda: run(events, progress, turn), Work(part, offsets, size, progress))
 
     def _poison(self, part: Partition, offset: int, exc: Exception) -> None:
         log.error(

@@ -60,6 +60,8 @@ def request_headers(
         "x-webhook-id": delivery_id,
         "x-webhook-event": job.event_type,
     }
+    if job.sequence is not None:
+        ours["webhook-sequence"] = str(job.sequence)
     headers = {name: value for name, value in custom if not is_reserved(name)}
     headers.update(ours)
     if secret is not None and signing_key is not None:

@@ -26,7 +26,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from yarl import URL
 
-from services.dispatcher.attempts import AttemptWriter, attempt_row
+from services.dispatcher.attempts import AttemptRow, AttemptWriter, attempt_row
 from services.dispatcher.breaker_gate import BreakerGate
 from services.dispatcher.delivery import (
     Decision,
@@ -37,6 +37,7 @@ from services.dispatcher.delivery import (
     request_headers,
 )
 from services.dispatcher.limits import TargetLimits
+from services.dispatcher.ordered import OrderedQueues, Ticket
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.rates import StartRates
 from services.dispatcher.sender import post
@@ -109,6 +110,8 @@ class DeliveryStage:
     breaker: BreakerGate | None = None
     stalls: LoopStalls | None = None
     fence: ZombieFence | None = None
+    # Ordered subscriptions' queues (ordered.py); set once the stage exists.
+    ordered: OrderedQueues | None = None
     limits: TargetLimits = dataclasses.field(init=False)
     rates: StartRates = dataclasses.field(init=False, default_factory=StartRates)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
@@ -133,8 +136,23 @@ class DeliveryStage:
         IN_FLIGHT.set_function(lambda: limits.in_flight)
         IN_FLIGHT_LIMIT.set_function(lambda: limits.limit)
 
-    async def run(self, job: DeliveryJob, progress: Progress) -> None:
-        sub = await self.cache.get(job.subscription_id, job.application_id)
+    def ticket(self, job: DeliveryJob) -> Ticket | None:
+        """The job's place in its subscription's intake order, taken when the consumer
+        reads it (offset order); None without ordered delivery."""
+        return None if self.ordered is None else self.ordered.order.ticket(job.subscription_id)
+
+    async def run(self, job: DeliveryJob, progress: Progress, ticket: Ticket | None = None) -> None:
+        try:
+            sub = await self.cache.get(job.subscription_id, job.application_id)
+        except asyncio.CancelledError:
+            if ticket is not None:
+                ticket.release()
+            raise
+        if ticket is not None:
+            if sub is not None and sub.ordered and self.ordered is not None:
+                await self.ordered.intake(job, ticket)
+                return
+            ticket.release()
         target_url = sub.target_url if sub is not None else ""
         duration_ms: int | None = None
         if sub is None:
@@ -144,28 +162,38 @@ class DeliveryStage:
         else:
             if sub.rate_limit and not await self._within_rate(job, sub.rate_limit):
                 return
-            target = self._target(sub.target_url)
-            if target.refused is not None:
-                outcome = Outcome.refused(target.refused)
+            attempted = await self.try_once(job, sub, progress)
+            if isinstance(attempted, str):
+                if not self._overdue(job):
+                    await self._defer(job, attempted)
+                    return
+                # Past its deadline a job stops waiting for free: the deferral counts
+                # as a failed attempt, so a target that stays down still ends every
+                # delivery in FAILURE + dead letter after the last one.
+                outcome = Outcome(ok=False, error=attempted, retryable=True)
             else:
-                attempted = await self._attempt(job, sub, target, progress)
-                if not isinstance(attempted, str) and self._cut_short(*attempted):
-                    # Our stall, not the target's silence: on the record, then sent
-                    # again at once (once), with nothing counted against the target.
-                    await self._record_interrupted(job, target_url, *attempted)
-                    attempted = await self._attempt(job, sub, target, progress)
-                if isinstance(attempted, str):
-                    if not self._overdue(job):
-                        await self._defer(job, attempted)
-                        return
-                    # Past its deadline a job stops waiting for free: the deferral counts
-                    # as a failed attempt, so a target that stays down still ends every
-                    # delivery in FAILURE + dead letter after the last one.
-                    outcome = Outcome(ok=False, error=attempted, retryable=True)
-                else:
-                    outcome, duration_ms = attempted
-                    await self._record_health(target, outcome)
+                outcome, duration_ms = attempted
         await self._record(job, sub, target_url, outcome, duration_ms)
+
+    async def try_once(
+        self, job: DeliveryJob, sub: SubscriptionView, progress: Progress | None = None
+    ) -> tuple[Outcome, int | None] | str:
+        """One attempt at ``job``: (outcome, duration in ms), or why it was not made (the
+        target's breaker is open, or its slots stayed busy)."""
+        target = self._target(sub.target_url)
+        if target.refused is not None:
+            return Outcome.refused(target.refused), None
+        progress = progress or Progress()
+        attempted = await self._attempt(job, sub, target, progress)
+        if not isinstance(attempted, str) and self._cut_short(*attempted):
+            # Our stall, not the target's silence: on the record, then sent again at
+            # once (once), with nothing counted against the target.
+            await self._record_interrupted(job, sub.target_url, *attempted)
+            attempted = await self._attempt(job, sub, target, progress)
+        if isinstance(attempted, str):
+            return attempted
+        await self._record_health(target, attempted[0])
+        return attempted
 
     async def _within_rate(self, job: DeliveryJob, rate: int) -> bool:
         """Wait for the job's start under its subscription's rate limit (True), or put it
@@ -340,6 +368,23 @@ class DeliveryStage:
         outcome: Outcome,
         duration_ms: int | None,
     ) -> None:
+        decision, row, streak = self.conclude(job, sub, target_url, outcome, duration_ms)
+        row_durable = self.attempts.write(row, streak)
+        follow_up = self.follow_up(job, decision)
+        if follow_up:
+            await self.publisher.publish(follow_up)
+        await row_durable
+        await self.after(job, sub, target_url, outcome, decision)
+
+    def conclude(
+        self,
+        job: DeliveryJob,
+        sub: SubscriptionView | None,
+        target_url: str,
+        outcome: Outcome,
+        duration_ms: int | None,
+    ) -> tuple[Decision, AttemptRow, Streak | None]:
+        """What follows an outcome, the attempt row saying so, and its streak mark."""
         now = datetime.now(UTC)
         decision = decide(
             outcome,
@@ -355,30 +400,34 @@ class DeliveryStage:
                 streak = Streak.SUCCEEDED
             elif decision.status is AttemptStatus.FAILURE:
                 streak = Streak.FAILED
-        row_durable = self.attempts.write(
-            attempt_row(
-                job,
-                target_url=target_url,
-                status=decision.status,
-                status_code=outcome.status_code,
-                error=decision.error,
-                duration_ms=duration_ms,
-                excerpt=outcome.excerpt,
-                now=now,
-            ),
-            streak,
+        row = attempt_row(
+            job,
+            target_url=target_url,
+            status=decision.status,
+            status_code=outcome.status_code,
+            error=decision.error,
+            duration_ms=duration_ms,
+            excerpt=outcome.excerpt,
+            now=now,
         )
-        follow_up = self._follow_up(job, decision)
-        if follow_up:
-            await self.publisher.publish(follow_up)
-        await row_durable
+        return decision, row, streak
+
+    async def after(
+        self,
+        job: DeliveryJob,
+        sub: SubscriptionView | None,
+        target_url: str,
+        outcome: Outcome,
+        decision: Decision,
+    ) -> None:
+        """Once the outcome is on the record: metrics, the log, a deactivation."""
         _DELIVERIES[decision.status].inc()
         if decision.status is not AttemptStatus.SUCCESS:
             self._log_failure(job, target_url, outcome, decision)
         if decision.deactivate and sub is not None:
             await self._deactivate(sub.id, decision.error or "deactivated")
 
-    def _follow_up(self, job: DeliveryJob, decision: Decision) -> list[OutRecord]:
+    def follow_up(self, job: DeliveryJob, decision: Decision) -> list[OutRecord]:
         if decision.retry is not None:
             retry = decision.retry
             RETRIES.labels(retry.topic.rsplit(".", 1)[-1]).inc()

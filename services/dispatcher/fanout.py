@@ -39,6 +39,9 @@ from shared.records import DeliveryJob, EventRecord
 from shared.subscriptions import SubscriptionCache, SubscriptionView
 from shared.topics import Topics
 
+# (the previous chunk's "sent", or None; this chunk's): see FanOutStage.run.
+Turn = tuple[asyncio.Future[None] | None, asyncio.Future[None]]
+
 log = get_logger("dispatcher.fanout")
 
 EventRow = tuple[Any, ...]
@@ -88,8 +91,26 @@ class FanOutStage:
     attempts: AttemptWriter
     fence: ZombieFence | None = None
 
-    async def run(self, events: Sequence[EventRecord], progress: Progress | None = None) -> None:
-        """Fan out a chunk of events (one partition's, in offset order)."""
+    async def run(
+        self,
+        events: Sequence[EventRecord],
+        progress: Progress | None = None,
+        turn: Turn | None = None,
+    ) -> None:
+        """Fan out a chunk of events (one partition's, in offset order). ``turn``: the
+        previous chunk's "sent" to wait for before sending, and this chunk's to set."""
+        try:
+            await self._run(events, progress, turn)
+        finally:
+            if turn is not None and not turn[1].done():
+                # Sent, or never will be (cancelled, failed): the next chunk may go. A
+                # chunk retried after a failure may then follow later ones; ordered
+                # delivery's guarantee rests on the broker having refused nothing.
+                turn[1].set_result(None)
+
+    async def _run(
+        self, events: Sequence[EventRecord], progress: Progress | None, turn: Turn | None
+    ) -> None:
         if self.fence is not None:
             await self.fence.wait()  # still cancellable: nothing written or published
         if progress is not None:
@@ -115,7 +136,12 @@ class FanOutStage:
             for target in targets:
                 job = DeliveryJob.for_event(event, target.id)
                 records.append(OutRecord(deliveries, job.key, job.body, job.headers()))
-        await self.publisher.publish(records)
+        sent = None
+        if turn is not None:
+            after, sent = turn
+            if after is not None and not after.done():
+                await asyncio.shield(after)
+        await self.publisher.publish(records, sent)
         for future in durable:
             await future
 

@@ -68,9 +68,12 @@ class Publisher:
         self._producer = producer
         self._partition_of = KeyPartitions(producer)
 
-    async def publish(self, records: list[OutRecord]) -> None:
+    async def publish(
+        self, records: list[OutRecord], sent: asyncio.Future[None] | None = None
+    ) -> None:
         """Enqueue every record, then wait until each is acknowledged; retry the failed
-        ones."""
+        ones. ``sent`` resolves once every record is enqueued the first time: records
+        enqueued later go after them in each partition."""
         producer = self._producer
         partition_of = self._partition_of
         backoff = _BACKOFF_FIRST
@@ -90,6 +93,8 @@ class Publisher:
                     )
                 except KafkaError as exc:
                     acks.append(exc)
+            if sent is not None and not sent.done():
+                sent.set_result(None)
             failed: list[OutRecord] = []
             error: BaseException | None = None
             published: Counter[str] = Counter()

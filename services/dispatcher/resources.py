@@ -50,11 +50,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         engine = make_engine(settings, pool_size=2)
         stack.push_async_callback(engine.dispose)
         # Two writers (attempts, events) flush concurrently; two spare connections
-        # let a flush proceed while a broken connection is being replaced.
+        # let a flush proceed while a broken connection is being replaced; four more
+        # for the ordered queues' short transactions (ordered.py).
         pg = await asyncpg.create_pool(
             asyncpg_dsn(settings),
             min_size=1,
-            max_size=4,
+            max_size=8,
             command_timeout=30,
             # The writers change no session state, so skip asyncpg's default reset on
             # release (a round trip of UNLISTEN/RESET ALL after every batch).

@@ -40,8 +40,8 @@ class Publisher:
 
     async def publish_event(self, topic: str, record: EventRecord) -> None:
         key = record.key
-        # Targeted records are keyed by subscription id: a small, stable set of keys.
-        partition = None if record.subscription_id is None else self._partition(topic, key)
+        # Keyed by subscription or application id: a small, stable set of keys.
+        partition = self._partition(topic, key)
         await self._publish(topic, record.body, key, record.headers(), partition)
 
     async def publish_job(self, topic: str, job: DeliveryJob) -> None:

@@ -10,7 +10,6 @@ past retention there is nothing left to send (410).
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from services.ingest.errors import (
     error_responses,
 )
 from services.ingest.resources import Resources, from_request
-from services.ingest.schemas import RedeliveryAccepted, ReplayAccepted
+from services.ingest.schemas import RFC3339, RedeliveryAccepted, ReplayAccepted
 from services.ingest.tenancy import Caller, Tenant
 from shared.models import AttemptStatus, DeliveryAttempt, Event, Subscription
 from shared.records import DeliveryJob
@@ -36,9 +35,6 @@ from shared.records import DeliveryJob
 # One replay call re-sends at most this many deliveries; call again with a later `since`.
 MAX_REPLAY = 1000
 DEFAULT_REPLAY_WINDOW = timedelta(hours=24)
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
-)
 
 
 class Gone(HookstreamError):
@@ -168,7 +164,7 @@ def parse_since(value: str | None) -> datetime:
     bare number as a Unix time, or a date alone)."""
     if value is None:
         return datetime.now(UTC) - DEFAULT_REPLAY_WINDOW
-    if _RFC3339.fullmatch(value):
+    if RFC3339.fullmatch(value):
         try:
             return datetime.fromisoformat(value.upper())
         except ValueError:

@@ -8,7 +8,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
 
 from shared.filters import FilterError, compile_filter
 from shared.webhook_headers import is_reserved
@@ -135,6 +144,22 @@ BodyFilter = Annotated[
 ]
 
 
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """RFC 3339 text only: pydantic alone would take ``0.5`` (or ``"0.5"``) as a Unix time."""
+    if value is not None and not (isinstance(value, str) and RFC3339.fullmatch(value)):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-12-04T10:00:00Z")
+    return value
+
+
+# A moment in a query or a body: RFC 3339 with an offset, nothing else.
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -156,6 +181,12 @@ class SubscriptionCreate(_Strict):
     filter: BodyFilter | None = None
     headers: CustomHeaders | None = None
     rate_limit: RateLimit | None = None
+    ordered: StrictBool = Field(
+        False,
+        description="deliver one at a time, in the order the events were accepted: a "
+        "delivery waits until every earlier one succeeded or failed for good; each "
+        "carries `webhook-sequence`",
+    )
 
 
 class SubscriptionUpdate(_Strict):
@@ -169,6 +200,7 @@ class SubscriptionUpdate(_Strict):
     filter: BodyFilter | None = None
     headers: CustomHeaders | None = None
     rate_limit: RateLimit | None = None
+    ordered: StrictBool | None = None
 
 
 MAX_OVERLAP_SECONDS = 7 * 86400
@@ -200,6 +232,7 @@ class SubscriptionOut(BaseModel):
     filter: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     rate_limit: int | None = None
+    ordered: bool = False
     secret_rotated_at: datetime | None = None
     previous_secret_expires_at: datetime | None = Field(
         None, description="until then the previous secret signs and verifies too"

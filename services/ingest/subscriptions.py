@@ -92,6 +92,7 @@ async def create_subscription(
         filter=data.filter,
         headers=data.headers,
         rate_limit=data.rate_limit,
+        ordered=data.ordered,
         failure_streak=0,
         created_at=now,
         updated_at=now,
@@ -158,6 +159,8 @@ async def update_subscription(
         sub.headers = patch.headers  # null removes them
     if "rate_limit" in fields:
         sub.rate_limit = patch.rate_limit  # null removes the limit
+    if "ordered" in fields and patch.ordered is not None:
+        sub.ordered = patch.ordered
     if "event_types" in fields and patch.event_types is not None:
         sub.event_types = _unique(patch.event_types)
     if "is_active" in fields and patch.is_active is not None:

@@ -26,7 +26,9 @@ CHANGE_LOG_KEPT = timedelta(hours=1)
 # Ended or expired browser sessions and used or expired portal links open nothing; a day
 # of them is kept for whoever asks "was that link used?".
 SESSIONS_KEPT = timedelta(days=1)
-_PRUNE = {
+# None: kept as long as delivery attempts (HOOKSTREAM_RETENTION_HOURS). An ordered
+# subscription's finished jobs only serve to recognise a job read again after a crash.
+_PRUNE: dict[str, tuple[str, timedelta | None]] = {
     "subscription_changes": (
         "DELETE FROM subscription_changes WHERE changed_at < :c",
         CHANGE_LOG_KEPT,
@@ -39,6 +41,7 @@ _PRUNE = {
         "DELETE FROM portal_links WHERE coalesce(used_at, expires_at) < :c",
         SESSIONS_KEPT,
     ),
+    "ordered_jobs": ("DELETE FROM ordered_jobs WHERE done_at < :c", None),
 }
 
 # Session-level advisory lock key, fixed for every janitor on a database: the ASCII bytes
@@ -90,7 +93,7 @@ async def run_once(
             if now is None:
                 now = await _db_now(conn)
             tables = await enforce_retention(conn, settings, now)
-            pruned = await _prune(conn, now)
+            pruned = await _prune(conn, now, timedelta(hours=settings.retention_hours))
         finally:
             await _unlock(conn)
     report = JanitorReport(
@@ -106,12 +109,13 @@ async def run_once(
     return report
 
 
-async def _prune(conn: AsyncConnection, now: datetime) -> dict[str, int]:
-    """Rows that only served for a while: the change log, dead sessions and links."""
+async def _prune(conn: AsyncConnection, now: datetime, retention: timedelta) -> dict[str, int]:
+    """Rows that only served for a while: the change log, dead sessions and links,
+    finished ordered jobs."""
     counts = {}
     async with conn.begin():
         for table, (statement, kept) in _PRUNE.items():
-            result = await conn.execute(text(statement), {"c": now - kept})
+            result = await conn.execute(text(statement), {"c": now - (kept or retention)})
             counts[table] = int(result.rowcount)
     return counts
 

@@ -81,6 +81,7 @@ async def test_crud_round_trip_never_shows_the_secret_after_create(
         "filter",
         "headers",
         "rate_limit",
+        "ordered",
         "secret_rotated_at",
         "previous_secret_expires_at",
     }

@@ -487,7 +487,8 @@ async def test_a_long_reader_defers_the_layout_change_instead_of_blocking(db: Db
 
 async def test_short_lived_rows_are_pruned_and_live_ones_kept(db: Db) -> None:
     """The subscription change log after an hour; ended or expired sessions and used or
-    expired portal links after a day. Live sessions and fresh changes stay."""
+    expired portal links after a day; an ordered subscription's finished jobs after the
+    attempt retention. Live sessions, fresh changes and waiting jobs stay."""
     now = datetime.now(UTC)
     app = await db.conn.fetchval("SELECT id FROM applications WHERE uid = 'default'")
 
@@ -531,8 +532,29 @@ async def test_short_lived_rows_are_pruned_and_live_ones_kept(db: Db) -> None:
     await link(now + timedelta(hours=1), now - timedelta(days=2))  # used long ago
     await link(now - timedelta(days=3), None)  # expired long ago
 
+    async def ordered_job(seq: int, done: datetime | None) -> None:
+        await db.conn.execute(
+            "INSERT INTO ordered_jobs (subscription_id, seq, delivery_id, headers, body,"
+            " done_at) VALUES ($1, $2, $3, '[]', '{}', $4)",
+            app,
+            seq,
+            uuid.uuid4(),
+            done,
+        )
+
+    retention = timedelta(hours=db.settings.retention_hours)
+    await ordered_job(1, now - retention - timedelta(hours=1))  # finished long ago
+    await ordered_job(2, now - timedelta(minutes=5))  # finished lately: kept
+    await ordered_job(3, None)  # still waiting, however old
+
     report = await _janitor(db.settings)
-    assert report.pruned == {"subscription_changes": 1, "web_sessions": 2, "portal_links": 2}
+    assert report.pruned == {
+        "subscription_changes": 1,
+        "web_sessions": 2,
+        "portal_links": 2,
+        "ordered_jobs": 1,
+    }
+    assert await db.conn.fetchval("SELECT array_agg(seq ORDER BY seq) FROM ordered_jobs") == [2, 3]
     assert await db.conn.fetchval("SELECT count(*) FROM subscription_changes") == 1
     assert await db.conn.fetchval("SELECT count(*) FROM web_sessions") == 2
     assert await db.conn.fetchval("SELECT count(*) FROM portal_links") == 1

@@ -60,6 +60,7 @@ class DispatchWorld:
         event_types: Sequence[str] = (),
         active: bool = True,
         rate_limit: int | None = None,
+        ordered: bool = False,
     ) -> uuid.UUID:
         sub_id = uuid.uuid4()
         async with self.sessions.begin() as session:
@@ -71,6 +72,7 @@ class DispatchWorld:
                     event_types=list(event_types),
                     is_active=active,
                     rate_limit=rate_limit,
+                    ordered=ordered,
                 )
             )
         await notify_changed(self.redis, self.settings.topic_prefix, sub_id)

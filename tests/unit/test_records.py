@@ -25,9 +25,9 @@ def test_event_record_round_trip_keeps_exact_bytes() -> None:
     assert event.key == str(sub).encode()
 
 
-def test_fanout_event_is_keyed_by_event_id() -> None:
+def test_fanout_event_is_keyed_by_application_so_its_events_keep_their_order() -> None:
     event = _event()
-    assert event.key == str(event.event_id).encode()
+    assert event.key == str(event.application_id).encode()
     assert "subscription_id" not in dict(event.headers())
 
 

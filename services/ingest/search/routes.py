@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from services.ingest.errors import Unprocessable, error_responses
 from services.ingest.pagination import Cursor, Page
+from services.ingest.schemas import Moment
 from services.ingest.search import queries
 from services.ingest.search.schemas import DeliveryRow, EventRow
 from services.ingest.tenancy import Caller
@@ -30,10 +30,10 @@ EventTypeFilter = Annotated[
     str | None, Query(min_length=1, max_length=200, description="exact event type")
 ]
 Since = Annotated[
-    AwareDatetime | None,
+    Moment | None,
     Query(description="RFC 3339 with an offset, e.g. 2026-12-04T10:00:00Z; inclusive"),
 ]
-Until = Annotated[AwareDatetime | None, Query(description="RFC 3339 with an offset; exclusive")]
+Until = Annotated[Moment | None, Query(description="RFC 3339 with an offset; exclusive")]
 
 
 def _check_window(since: datetime | None, until: datetime | None) -> None:

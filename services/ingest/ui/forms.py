@@ -22,8 +22,8 @@ _PLAIN = {
     ("filter", "dict_type"): "must be a JSON object",
 }
 _RATE = "a whole number of deliveries per second, or empty for no limit"
-# The endpoint controls a form edits, as text fields.
-CONTROLS = ("filter", "headers", "rate_limit")
+# The endpoint controls a form edits, as text fields (``ordered``: a checkbox, "on" or "").
+CONTROLS = ("filter", "headers", "rate_limit", "ordered")
 
 
 def control_values(sub: Any | None) -> dict[str, str]:
@@ -35,15 +35,21 @@ def control_values(sub: Any | None) -> dict[str, str]:
         "filter": json.dumps(sub.filter, indent=2, ensure_ascii=False) if sub.filter else "",
         "headers": "\n".join(f"{k}: {v}" for k, v in (sub.headers or {}).items()),
         "rate_limit": "" if sub.rate_limit is None else str(sub.rate_limit),
+        "ordered": "on" if sub.ordered else "",
     }
 
 
 def read_controls(form: Any) -> dict[str, Any]:
-    """The three control fields of a submitted form as the schemas take them (an empty
-    field is null: no filter, no headers, no limit). Text that is not JSON, or a header
-    line without a colon, is an ``Unprocessable`` naming the field."""
+    """The control fields of a submitted form as the schemas take them (an empty field is
+    null: no filter, no headers, no limit; an unticked box is false). Text that is not
+    JSON, or a header line without a colon, is an ``Unprocessable`` naming the field."""
     text = {k: str(form.get(k, "")).strip() for k in CONTROLS}
-    controls: dict[str, Any] = {"filter": None, "headers": None, "rate_limit": None}
+    controls: dict[str, Any] = {
+        "filter": None,
+        "headers": None,
+        "rate_limit": None,
+        "ordered": text["ordered"] in ("on", "true", "1"),
+    }
     if text["filter"]:
         try:
             controls["filter"] = json.loads(text["filter"])
