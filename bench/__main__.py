@@ -30,6 +30,7 @@ SECTIONS = (
     "applications",
     "scale",
     "targets",
+    "backfill",
     "search",
 )
 RESULTS = Path(__file__).parent / "results"

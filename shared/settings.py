@@ -128,8 +128,10 @@ class Settings(BaseSettings):
     # 100,000 matching events take ~3.5 min.
     backfill_max_rate: int = Field(500, ge=1)
     # Events read per second from the log, all backfills of a process together. Reading
-    # costs CPU (header decoding, matching) on the same cores as live traffic.
-    backfill_max_scan_rate: int = Field(50_000, ge=100)
+    # costs CPU (fetching, header checks, matching) on the same cores as live traffic:
+    # unbounded, a janitor took a whole core of 2 and live delivery fell to 61 % of its
+    # rate (bench/backfill.py); at this bound a backfill reads 90,000,000 events an hour.
+    backfill_max_scan_rate: int = Field(25_000, ge=100)
     # Backfills one janitor process runs at once; the rest wait their turn.
     backfill_concurrency: int = Field(2, ge=1)
 

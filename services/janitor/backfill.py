@@ -232,13 +232,21 @@ class Backfill:
     # topic belong to other applications); ``takes`` still decides for the rest.
     _app: bytes = field(init=False)
     _sub: bytes = field(init=False)
+    _types: frozenset[bytes] = field(init=False)
     _since_ms: int = field(init=False)
     _until_ms: int = field(init=False)
 
     def __post_init__(self) -> None:
         self._app = str(self.job.application_id).encode()
         self._sub = str(self.job.subscription_id).encode()
+        self._types = frozenset(t.encode() for t in self.sub.event_types)
         self._since_ms, self._until_ms = window_ms(self.job.since, self.job.until)
+
+    def follow(self, sub: SubscriptionView) -> None:
+        """The subscription as it is now: a change to its types or filter applies to the
+        rest of the window."""
+        self.sub = sub
+        self._types = frozenset(t.encode() for t in sub.event_types)
 
     async def scan(self, consumer: AIOKafkaConsumer) -> None:
         """Read every partition from its position to its stop offset."""
@@ -260,9 +268,12 @@ class Backfill:
                 await self._partition_step(tp, records, positions, stops[tp.partition])
             for tp in list(remaining):
                 stop = stops[tp.partition]
-                # Past offsets that hold no record (a gap the broker skipped) too.
-                fetched = min(stop, await consumer.position(tp))
-                positions[tp.partition] = max(positions[tp.partition], fetched)
+                if tp not in batches:
+                    # Nothing buffered: the consumer's position is past every record it
+                    # returned and past offsets that hold none (a gap the broker skipped).
+                    # With records buffered it is past them too, so only now.
+                    fetched = min(stop, await consumer.position(tp))
+                    positions[tp.partition] = max(positions[tp.partition], fetched)
                 if positions[tp.partition] >= stop:
                     remaining.remove(tp)
                     consumer.pause(tp)
@@ -298,6 +309,8 @@ class Backfill:
             return None
         if headers.get("subscription_id", self._sub) != self._sub:
             return None
+        if self._types and headers.get("event_type") not in self._types:
+            return None  # a test event of another type too: none is replayed
         try:
             event = EventRecord.decode(record.value, record.headers)
         except RecordError:
@@ -436,7 +449,7 @@ class BackfillWorker:
                     if stop.is_set():
                         await self._release(job)
                         return
-                    backfill.sub = await self._subscription(job.subscription_id)
+                    backfill.follow(await self._subscription(job.subscription_id))
             finally:
                 if not scan.done():
                     scan.cancel()
