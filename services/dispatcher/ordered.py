@@ -12,9 +12,11 @@ id and keeps its place.
 **Order of intake.** The jobs of one subscription share a deliveries partition (keyed by
 subscription id) and are read in offset order, but their tasks run concurrently. The
 consumer hands out a ticket per job in offset order (``IntakeOrder``); an ordered job
-waits for the earlier job of its subscription to be routed before it is stored, and
-takes the next number of the subscription's sequence (``ordered_sequences.last_seq``):
-the ``webhook-sequence`` its receiver sees.
+waits for the earlier job of its subscription to be routed (queued for storing, or found
+not ordered) before it is queued itself. Jobs are stored by a group commit
+(``IntakeWriter``): one transaction per batch, in the order they were queued, each taking
+the next number of its subscription's sequence (``ordered_sequences.last_seq``): the
+``webhook-sequence`` its receiver sees.
 
 **Who sends.** One process at a time serves a queue: the holder of its lease
 (``ordered_sequences.owner`` / ``lease_until``, renewed before every request). The
@@ -38,6 +40,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import orjson
 
+from services.dispatcher.batching import RowWriter
 from services.dispatcher.delivery import Outcome
 from shared.logging import get_logger
 from shared.records import DeliveryJob
@@ -67,16 +71,22 @@ _ERROR_WAIT_MAX = 30.0
 # A job sent again by hand (manual retry, replay) after it ended goes to the back of the
 # queue; one read again after a crash, or backfilled, keeps the place it has.
 _REQUEUE_TRIGGERS = frozenset({"manual-retry", "replay"})
+# Shutdown: how long queued jobs may take to be stored (their offsets wait for them).
+_CLOSE_GRACE = 5.0
 
-_STORED = "SELECT done_at IS NOT NULL FROM ordered_jobs WHERE delivery_id = $1"
-_NEXT_SEQ = """
-INSERT INTO ordered_sequences AS q (subscription_id, last_seq) VALUES ($1, 1)
-ON CONFLICT (subscription_id) DO UPDATE SET last_seq = q.last_seq + 1
-RETURNING last_seq
+_STORED = """
+SELECT delivery_id, done_at IS NOT NULL FROM ordered_jobs WHERE delivery_id = ANY($1::uuid[])
+"""
+# Takes n numbers at once for each subscription: its jobs in the batch get the last n.
+_TAKE_SEQS = """
+INSERT INTO ordered_sequences AS q (subscription_id, last_seq)
+SELECT * FROM unnest($1::uuid[], $2::bigint[])
+ON CONFLICT (subscription_id) DO UPDATE SET last_seq = q.last_seq + EXCLUDED.last_seq
+RETURNING subscription_id, last_seq
 """
 _INSERT = """
 INSERT INTO ordered_jobs (subscription_id, seq, delivery_id, headers, body)
-VALUES ($1, $2, $3, $4, $5)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::bytea[], $5::bytea[])
 """
 _REQUEUE = """
 UPDATE ordered_jobs SET seq = $2, headers = $4, body = $5, attempts = 0, next_at = now(),
@@ -193,6 +203,46 @@ class Head:
     next_at: datetime
 
 
+class IntakeWriter(RowWriter[DeliveryJob]):
+    """Ordered jobs to ``ordered_jobs`` through one group commit, in the order queued."""
+
+    def __init__(self, pool: asyncpg.Pool, *, window: float = 0.01) -> None:
+        super().__init__("ordered-intake", self._store, window=window, max_items=1000)
+        self._pool = pool
+
+    def write(self, job: DeliveryJob) -> asyncio.Future[None]:
+        return self._batch.add(job)
+
+    async def _store(self, jobs: list[DeliveryJob]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = dict(await conn.fetch(_STORED, [j.delivery_id for j in jobs]))
+            fresh: dict[uuid.UUID, DeliveryJob] = {}
+            for job in jobs:
+                done = stored.get(job.delivery_id)
+                if job.delivery_id in fresh or (
+                    done is not None and not (done and job.trigger in _REQUEUE_TRIGGERS)
+                ):
+                    continue  # in the queue already, or ended and read again: keeps its place
+                fresh[job.delivery_id] = job
+            if not fresh:
+                return
+            counts = Counter(j.subscription_id for j in fresh.values())
+            rows = await conn.fetch(_TAKE_SEQS, list(counts), list(counts.values()))
+            # The first number each subscription's jobs take in this batch.
+            next_seq = {sub: last - counts[sub] + 1 for sub, last in rows}
+            new: list[tuple[uuid.UUID, int, uuid.UUID, bytes, bytes]] = []
+            for job in fresh.values():
+                seq = next_seq[job.subscription_id]
+                next_seq[job.subscription_id] = seq + 1
+                row = (job.subscription_id, seq, job.delivery_id, pack_headers(job), job.body)
+                if job.delivery_id in stored:
+                    await conn.execute(_REQUEUE, *row)  # sent again by hand: rare
+                else:
+                    new.append(row)
+            if new:
+                await conn.execute(_INSERT, *(list(column) for column in zip(*new, strict=True)))
+
+
 # --- the queues ---------------------------------------------------------------------
 
 
@@ -209,6 +259,7 @@ class OrderedQueues:
     order: IntakeOrder = field(default_factory=IntakeOrder)
     _servers: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
     _wake: dict[uuid.UUID, asyncio.Event] = field(default_factory=dict)
+    writer: IntakeWriter = field(init=False)
     _scanning: asyncio.Task[None] | None = None
     _closing: bool = False
 
@@ -217,7 +268,11 @@ class OrderedQueues:
         # Outlasts any one request (renewed just before it), with room for a slow commit.
         return self.stage.settings.delivery_timeout + 10.0
 
+    def __post_init__(self) -> None:
+        self.writer = IntakeWriter(self.pool)
+
     def start(self) -> None:
+        self.writer.start()
         self._scanning = asyncio.create_task(self._scan_loop(), name="ordered-scan")
 
     async def close(self) -> None:
@@ -229,6 +284,7 @@ class OrderedQueues:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.writer.close(_CLOSE_GRACE)
         try:
             async with self.pool.acquire() as conn:
                 await conn.execute(_RELEASE_ALL, self.owner)
@@ -242,24 +298,13 @@ class OrderedQueues:
         before it. Returns once the row is committed: the offset may then be finished."""
         try:
             await ticket.turn()
-            await self._store(job)
         except asyncio.CancelledError:
             ticket.release()
             raise
-        # Any other error keeps the ticket: the record is retried whole, and the jobs
-        # behind it wait rather than overtake it.
-        ticket.release()
+        stored = self.writer.write(job)
+        ticket.release()  # queued in order: the next job of the subscription may follow
+        await stored
         self.serve(job.subscription_id)
-
-    async def _store(self, job: DeliveryJob) -> None:
-        sub_id = job.subscription_id
-        async with self.pool.acquire() as conn, conn.transaction():
-            done = await conn.fetchval(_STORED, job.delivery_id)
-            if done is not None and not (done and job.trigger in _REQUEUE_TRIGGERS):
-                return  # already in the queue, or ended and read again: keeps its place
-            seq = await conn.fetchval(_NEXT_SEQ, sub_id)
-            args = (sub_id, seq, job.delivery_id, pack_headers(job), job.body)
-            await conn.execute(_INSERT if done is None else _REQUEUE, *args)
 
     # --- serving ------------------------------------------------------------------
 

@@ -13,14 +13,20 @@ import asyncio
 import itertools
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from aiohttp import web
 
+from services.dispatcher.ordered import IntakeWriter
+from shared.db import asyncpg_dsn
+from shared.records import DeliveryJob
 from shared.settings import Settings
 from tests.integration.test_endpoint_controls import deliveries_partition
 from tests.support.procs import ServiceProcess, free_port, running_service
@@ -247,3 +253,49 @@ async def test_a_head_that_ends_in_failure_lets_the_next_go_and_others_never_wai
         status = (await c.get(f"/status/deliveries/{firsts[3].delivery_id}")).json()
     assert status["latest_status"] == "FAILURE", status
     assert status["total_attempts"] == 3
+
+
+async def test_intake_numbers_jobs_in_order_once_and_requeues_only_a_resend(
+    module_stack: IsolatedStack,
+) -> None:
+    """The group commit's rules on the real table: a batch is numbered in the order it was
+    queued, per subscription; a job read again keeps its place; a manual retry of an
+    ended job goes to the back with a new number."""
+    pool = await asyncpg.create_pool(asyncpg_dsn(module_stack.settings()), min_size=1, max_size=2)
+    writer = IntakeWriter(pool)
+    writer.start()
+    try:
+        a, b = uuid.uuid4(), uuid.uuid4()
+        jobs = [_job(sub, n) for n, sub in enumerate([a, b, a, a, b])]
+        await asyncio.gather(*(writer.write(j) for j in jobs))
+        await asyncio.gather(writer.write(jobs[0]), writer.write(jobs[2]))  # read again
+
+        async def queue(sub: uuid.UUID) -> list[tuple[int, int]]:
+            rows = await pool.fetch(
+                "SELECT seq, body FROM ordered_jobs WHERE subscription_id = $1 ORDER BY seq", sub
+            )
+            return [(r["seq"], int(r["body"])) for r in rows]
+
+        assert await queue(a) == [(1, 0), (2, 2), (3, 3)]
+        assert await queue(b) == [(1, 1), (2, 4)]
+        await pool.execute(
+            "UPDATE ordered_jobs SET done_at = now() WHERE delivery_id = $1", jobs[0].delivery_id
+        )
+        await writer.write(replace(jobs[0], trigger="manual-retry"))
+        assert await queue(a) == [(2, 2), (3, 3), (4, 0)]
+    finally:
+        await writer.close(5)
+        await pool.close()
+
+
+def _job(sub: uuid.UUID, n: int) -> DeliveryJob:
+    return DeliveryJob(
+        delivery_id=uuid.uuid4(),
+        event_id=uuid.uuid4(),
+        subscription_id=sub,
+        event_type=EVENT,
+        attempt=1,
+        first_received_at=datetime.now(UTC),
+        content_type="application/json",
+        body=str(n).encode(),
+    )
