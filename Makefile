@@ -14,8 +14,23 @@ export HOOKSTREAM_REDIS_PORT ?= 56379
 export HOOKSTREAM_KAFKA_PORT ?= 59092
 export HOOKSTREAM_DATABASE_URL ?= postgresql+asyncpg://hookstream@127.0.0.1:$(HOOKSTREAM_PG_PORT)/hookstream
 export HOOKSTREAM_REDIS_URL ?= redis://127.0.0.1:$(HOOKSTREAM_REDIS_PORT)/0
-export HOOKSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(HOOKSTREAM_KAFKA_PORT)
+# HOOKSTREAM_KAFKA_BROKERS=3: a 3-node Kafka cluster instead of the single node
+# (deploy/local/stack.sh), and the bootstrap list names every node.
+export HOOKSTREAM_KAFKA_BROKERS ?= 1
+ifeq ($(origin HOOKSTREAM_KAFKA_BOOTSTRAP),undefined)
+  ifeq ($(HOOKSTREAM_KAFKA_BROKERS),1)
+    HOOKSTREAM_KAFKA_BOOTSTRAP := 127.0.0.1:$(HOOKSTREAM_KAFKA_PORT)
+  else
+    HOOKSTREAM_KAFKA_BOOTSTRAP := $(shell HOOKSTREAM_KAFKA_BROKERS=$(HOOKSTREAM_KAFKA_BROKERS) $(STACK) bootstrap)
+  endif
+endif
+export HOOKSTREAM_KAFKA_BOOTSTRAP
+# Processes of each service `make run` starts; ingest ones listen on consecutive ports
+# from HOOKSTREAM_HTTP_PORT (8000, 8001, ...). One janitor: it works under an advisory lock.
+export HOOKSTREAM_HTTP_PORT ?= 8000
+export HOOKSTREAM_INGEST_PROCESSES ?= 1
 export HOOKSTREAM_DISPATCHER_PROCESSES ?= 1
+export HOOKSTREAM_RETRY_SCHEDULER_PROCESSES ?= 1
 export PYTHONPATH := $(CURDIR)
 # Procfile commands say `python`: make it the virtualenv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -79,8 +94,11 @@ run: venv stack-up migrate topics
 	    echo "Development API key (from .local/dev-api-key): $$HOOKSTREAM_API_KEY"; \
 	fi; \
 	export HOOKSTREAM_LOG_FORMAT="$${HOOKSTREAM_LOG_FORMAT:-console}"; \
-	echo "Hookstream on http://$${HOOKSTREAM_HTTP_HOST:-127.0.0.1}:$${HOOKSTREAM_HTTP_PORT:-8000}  (docs: /docs, dashboard: /ui)  Ctrl-C stops the services."; \
-	exec $(BIN)/honcho start -f Procfile -c dispatcher=$(HOOKSTREAM_DISPATCHER_PROCESSES)
+	last=$$(( HOOKSTREAM_HTTP_PORT + HOOKSTREAM_INGEST_PROCESSES - 1 )); \
+	ports=$$HOOKSTREAM_HTTP_PORT; [ "$$last" = "$$HOOKSTREAM_HTTP_PORT" ] || ports="$$HOOKSTREAM_HTTP_PORT-$$last"; \
+	echo "Hookstream on http://$${HOOKSTREAM_HTTP_HOST:-127.0.0.1}:$$ports  (docs: /docs, dashboard: /ui)  Ctrl-C stops the services."; \
+	exec $(BIN)/honcho start -f Procfile -p $(HOOKSTREAM_HTTP_PORT) \
+	    -c ingest=$(HOOKSTREAM_INGEST_PROCESSES),dispatcher=$(HOOKSTREAM_DISPATCHER_PROCESSES),retry_scheduler=$(HOOKSTREAM_RETRY_SCHEDULER_PROCESSES)
 
 # Browser tests drive Debian's Chromium (Playwright never downloads one). Outside CI a
 # machine that cannot install it skips those tests; under CI=true they fail instead.

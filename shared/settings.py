@@ -82,7 +82,15 @@ class Settings(BaseSettings):
     deliveries_partitions: int = Field(8, ge=1)
     retry_partitions: int = Field(4, ge=1)
     dlq_partitions: int = Field(1, ge=1)
-    topic_replication_factor: int = Field(1, ge=1)
+    # Copies of every partition. None: min(3, the brokers the cluster reports when the
+    # topics are created), so one broker gets 1 and a cluster of three or more gets 3.
+    topic_replication_factor: int | None = Field(None, ge=1)
+    # min.insync.replicas of every topic: how many copies acks=all waits for before ingest
+    # answers 202. None: 2 for topics with 3 or more replicas (one broker may be down and
+    # writes go on; with two down, 503 instead of a webhook on one disk), else the
+    # broker's default. Redpanda ignores the property: its acks=all waits for a Raft
+    # majority, which with 3 replicas is the same two copies.
+    topic_min_insync_replicas: int | None = Field(None, ge=1)
     # How long the events topic keeps records (retention.ms, applied when the topic is
     # created): the history a backfill can replay. At least the attempt retention (72 h),
     # so any delivery still shown can be backfilled; 168 h is Kafka's own default, what
@@ -107,7 +115,11 @@ class Settings(BaseSettings):
     adaptive_in_flight: bool = True
     max_in_flight_per_target: int = Field(64, ge=1)
     response_excerpt_bytes: int = Field(1024, ge=0)
+    # Processes `make run` starts (Procfile, honcho); the services never read these.
+    # Ingest processes listen on consecutive ports from http_port (8000, 8001, ...).
     dispatcher_processes: int = Field(1, ge=1)
+    ingest_processes: int = Field(1, ge=1)
+    retry_scheduler_processes: int = Field(1, ge=1)
     # A subscription that failed this many deliveries in a row (each one after all its
     # attempts, ~21 h with the default schedule), the first at least deactivate_after
     # ago, is deactivated. Both must hold: a burst of failures in a short outage does

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -65,13 +66,46 @@ class Topics:
         counts.update(dict.fromkeys(self.retry_topics, settings.retry_partitions))
         return counts
 
-    def configs(self, settings: Settings) -> dict[str, dict[str, str]]:
+    def configs(
+        self, settings: Settings, replication: Replication | None = None
+    ) -> dict[str, dict[str, str]]:
         """Topic properties set at creation. The events topic is the history backfill
         replays, so its retention is a setting; the others keep the broker's default
         (their records are work in progress, consumed within the retry schedule).
-        ``retention.ms`` means the same on Kafka and Redpanda."""
+        ``retention.ms`` means the same on Kafka and Redpanda; ``min.insync.replicas``
+        (every topic, when ``replication`` has one) is Kafka's, and Redpanda logs it
+        and ignores it (its create_topics handler; acks=all there waits for a majority)."""
         retention_ms = settings.events_retention_hours * 3_600_000
-        return {self.events: {"retention.ms": str(retention_ms)}}
+        configs: dict[str, dict[str, str]] = {name: {} for name in self.partition_counts(settings)}
+        configs[self.events]["retention.ms"] = str(retention_ms)
+        if replication is not None and replication.min_insync is not None:
+            for props in configs.values():
+                props["min.insync.replicas"] = str(replication.min_insync)
+        return configs
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """How many copies each partition has, and how many acks=all waits for."""
+
+    factor: int
+    min_insync: int | None  # None: the broker's default
+
+    @classmethod
+    def for_cluster(cls, settings: Settings, brokers: int) -> Replication:
+        """What topics get on a cluster of ``brokers`` live brokers: the settings, or
+        min(3, brokers) copies and, from 3 copies on, 2 in sync before a write counts."""
+        factor = settings.topic_replication_factor or min(3, brokers)
+        min_insync = settings.topic_min_insync_replicas
+        if min_insync is None and factor >= 3:
+            min_insync = 2
+        if min_insync is not None and min_insync > factor:
+            # Kafka would create such topics and then refuse every acks=all write.
+            raise ValueError(
+                f"HOOKSTREAM_TOPIC_MIN_INSYNC_REPLICAS={min_insync} is more than the "
+                f"replication factor {factor}: no write could ever be acknowledged"
+            )
+        return cls(factor, min_insync)
 
 
 async def ensure_topics(settings: Settings) -> dict[str, str]:
@@ -87,12 +121,17 @@ async def ensure_topics(settings: Settings) -> dict[str, str]:
     try:
         existing = set(await admin.list_topics())
         wanted = topics.partition_counts(settings)
+        # The metadata lists the brokers that are up (registered and not fenced): create
+        # topics while all of them are, or set the factor explicitly.
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = Replication.for_cluster(settings, brokers)
+        configs = topics.configs(settings, replication)
         missing = [
             NewTopic(
                 name,
                 num_partitions=n,
-                replication_factor=settings.topic_replication_factor,
-                topic_configs=topics.configs(settings).get(name, {}),
+                replication_factor=replication.factor,
+                topic_configs=configs[name],
             )
             for name, n in wanted.items()
             if name not in existing
@@ -101,12 +140,26 @@ async def ensure_topics(settings: Settings) -> dict[str, str]:
         if missing:
             # Another process may create them between list and create.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
+                _raise_for_topic_errors(response.to_object()["topic_errors"])
             result.update({t.name: "created" for t in missing})
         await _wait_for_leaders(admin, list(wanted))
         return result
     finally:
         await admin.close()
+
+
+def _raise_for_topic_errors(errors: list[dict[str, Any]]) -> None:
+    # aiokafka returns the per-topic errors instead of raising them: an invalid factor
+    # (more than the live brokers; an even one on Redpanda) would otherwise surface ten
+    # seconds later as "no leader".
+    failed = {
+        e["topic"]: f"{e['error_code']} {e.get('error_message') or ''}".strip()
+        for e in errors
+        if e["error_code"] not in (0, TopicAlreadyExistsError.errno)
+    }
+    if failed:
+        raise RuntimeError(f"the broker refused to create topics: {failed}")
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
