@@ -85,6 +85,9 @@ class EventRecord:
     application_id: uuid.UUID = DEFAULT_APPLICATION_ID
     # Who caused it: "ingest" for every webhook; "test" for a test event.
     trigger: str = "ingest"
+    # Headers this codec does not know (a trace's ``traceparent``), carried through to the
+    # jobs fan-out makes, as DeliveryJob.extra carries them across retries.
+    extra: dict[str, bytes] = field(default_factory=dict, compare=False)
 
     @property
     def key(self) -> bytes:
@@ -102,6 +105,7 @@ class EventRecord:
             h.append(("subscription_id", str(self.subscription_id).encode()))
         if self.trigger != "ingest":
             h.append(("trigger", self.trigger.encode()))
+        h.extend(self.extra.items())
         return h
 
     @classmethod
@@ -116,7 +120,14 @@ class EventRecord:
             subscription_id=_uuid(h, "subscription_id") if "subscription_id" in h else None,
             application_id=_application(h),
             trigger=h.get("trigger", b"ingest").decode(errors="replace"),
+            extra={k: v for k, v in h.items() if k not in _EVENT_HEADERS},
         )
+
+
+_EVENT_HEADERS = frozenset(
+    {"event_id", "event_type", "received_at", "content_type", "application_id",
+     "subscription_id", "trigger"}
+)  # fmt: skip
 
 
 def _application(h: dict[str, bytes]) -> uuid.UUID:
@@ -157,6 +168,7 @@ class DeliveryJob:
             first_received_at=event.received_at,
             content_type=event.content_type,
             body=event.body,
+            extra=dict(event.extra),
         )
 
     def log_fields(self) -> dict[str, str | int]:

@@ -7,7 +7,8 @@ A worker service's ``__main__`` does::
 
 SIGTERM/SIGINT set ``stop``; the worker then stops fetching, drains in-flight work within
 its deadline, commits and closes its resources in reverse order (an AsyncExitStack).
-A second signal exits at once.
+A second signal exits at once. Tracing (shared/tracing.py) starts before the service's
+code and is shut down last, so the spans of the drain are exported too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import NoReturn
 
 import uvloop
 
-from shared import secretbox
+from shared import secretbox, tracing
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 
@@ -76,9 +77,26 @@ def check_secret_keys(name: str, settings: Settings) -> None:
         refuse_to_start(name, str(exc))
 
 
-def run_worker(name: str, settings: Settings, main: WorkerMain) -> None:
+def start_tracing(name: str) -> tracing.Tracing:
+    """OpenTelemetry from the OTEL_* variables: on only with an exporter endpoint."""
+    traces, off = tracing.setup(name)
+    if off is None:
+        get_logger("runner").info("tracing on")
+    elif "not supported" in off:
+        get_logger("runner").warning("tracing off", reason=off)
+    return traces
+
+
+def start_service(name: str, settings: Settings) -> tracing.Tracing:
+    """What every service does first: logging, the secret keys check, tracing. The
+    caller shuts the returned tracing down once everything else has stopped."""
     configure_logging(settings, service=name)
     check_secret_keys(name, settings)
+    return start_tracing(name)
+
+
+def run_worker(name: str, settings: Settings, main: WorkerMain) -> None:
+    traces = start_service(name, settings)
     soft, _ = raise_open_file_limit()
 
     async def _run() -> None:
@@ -88,4 +106,7 @@ def run_worker(name: str, settings: Settings, main: WorkerMain) -> None:
         await main(settings, stop)
         get_logger("runner").info("stopped")
 
-    uvloop.run(_run())
+    try:
+        uvloop.run(_run())
+    finally:
+        traces.shutdown()

@@ -40,9 +40,10 @@ from services.dispatcher.limits import TargetLimits
 from services.dispatcher.ordered import OrderedQueues, Ticket
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.rates import StartRates
-from services.dispatcher.sender import post
+from services.dispatcher.sender import post, post_traced
 from services.dispatcher.stalls import LoopStalls, ZombieFence
 from services.dispatcher.streaks import Streak
+from shared import tracing
 from shared.breaker import target_of
 from shared.logging import get_logger
 from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, IN_FLIGHT_LIMIT, RETRIES
@@ -142,6 +143,17 @@ class DeliveryStage:
         return None if self.ordered is None else self.ordered.order.ticket(job.subscription_id)
 
     async def run(self, job: DeliveryJob, progress: Progress, ticket: Ticket | None = None) -> None:
+        if not tracing.enabled:
+            await self._run(job, progress, ticket)
+            return
+        # A consumer span, child of the job record's context, current while the job is
+        # handled: the attempt and any retry are its children, its log lines carry it.
+        attrs = {f"hookstream.{name}": value for name, value in job.log_fields().items()}
+        span = tracing.start_consumer("deliver", self.topics.deliveries, job.extra, attrs)
+        with tracing.activate(span):
+            await self._run(job, progress, ticket)
+
+    async def _run(self, job: DeliveryJob, progress: Progress, ticket: Ticket | None) -> None:
         try:
             sub = await self.cache.get(job.subscription_id, job.application_id)
         except asyncio.CancelledError:
@@ -301,7 +313,8 @@ class DeliveryStage:
                 custom=sub.headers,
                 previous_key=_signing_key(previous[0]) if previous else None,
             )
-            response = await post(
+            send = post_traced if tracing.enabled else post
+            response = await send(
                 self.http,
                 target.url,
                 job.body,
@@ -432,6 +445,8 @@ class DeliveryStage:
             retry = decision.retry
             RETRIES.labels(retry.topic.rsplit(".", 1)[-1]).inc()
             nxt = job.next_attempt(retry.due_at, decision.error)
+            if tracing.enabled:
+                nxt = _traced_retry(nxt, retry.topic)
             return [OutRecord(retry.topic, nxt.key, nxt.body, nxt.headers())]
         if decision.dead_letter:
             DLQ.inc()
@@ -470,3 +485,16 @@ class DeliveryStage:
             target_host=host,
             next_attempt_due=decision.retry.due_at.isoformat() if decision.retry else None,
         )
+
+
+def _traced_retry(job: DeliveryJob, topic: str) -> DeliveryJob:
+    """A producer span for scheduling the next attempt (child of the current "deliver"
+    span); the retry record carries its context through the tier and the scheduler."""
+    assert job.due_at is not None
+    span = tracing.start_producer(
+        topic,
+        attributes={"hookstream.attempt": job.attempt, "hookstream.due_at": job.due_at.isoformat()},
+        operation="retry",
+    )
+    span.end()
+    return dataclasses.replace(job, extra={**job.extra, **tracing.headers_of(span)})

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry.context import Context
 
 from services.dispatcher.attempts import AttemptWriter, attempt_row
 from services.dispatcher.batching import RowWriter
 from services.dispatcher.delivery_stage import Progress
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.stalls import ZombieFence
+from shared import tracing
 from shared.logging import get_logger
 from shared.matching import Payload, not_wanted_reason
 from shared.metrics import DELIVERIES
@@ -118,7 +120,10 @@ class FanOutStage:
         durable: list[asyncio.Future[None]] = []
         records: list[OutRecord] = []
         deliveries = self.topics.deliveries
+        spans = FanOutSpans(self.topics.events, deliveries) if tracing.enabled else None
         for event in events:
+            if spans is not None:
+                spans.event(event)
             durable.append(self.events.write(event))
             payload = Payload(event.body)
             if event.subscription_id is not None:
@@ -135,15 +140,24 @@ class FanOutStage:
                 log.debug("fanned out", event_id=str(event.event_id), jobs=len(targets))
             for target in targets:
                 job = DeliveryJob.for_event(event, target.id)
+                if spans is not None:
+                    job = spans.job(job)
                 records.append(OutRecord(deliveries, job.key, job.body, job.headers()))
         sent = None
         if turn is not None:
             after, sent = turn
             if after is not None and not after.done():
                 await asyncio.shield(after)
-        await self.publisher.publish(records, sent)
-        for future in durable:
-            await future
+        try:
+            await self.publisher.publish(records, sent)
+            for future in durable:
+                await future
+        except BaseException as exc:
+            if spans is not None:
+                spans.group.end(exc)
+            raise
+        if spans is not None:
+            spans.group.end()
 
     def _not_delivered(
         self, event: EventRecord, sub: SubscriptionView | None, reason: str
@@ -172,3 +186,31 @@ class FanOutStage:
             reason=reason,
         )
         return durable
+
+
+class FanOutSpans:
+    """Tracing of a chunk: a consumer span per event (child of the record's context) and
+    a producer span per job under it, whose context the job's record carries. All end
+    once the chunk's jobs are acknowledged and its rows written."""
+
+    __slots__ = ("_current", "_deliveries", "_events", "group")
+
+    def __init__(self, events_topic: str, deliveries_topic: str) -> None:
+        self._events = events_topic
+        self._deliveries = deliveries_topic
+        self.group = tracing.SpanGroup()
+        self._current: Context | None = None
+
+    def event(self, event: EventRecord) -> None:
+        span = tracing.start_consumer(
+            "fan-out", self._events, event.extra, {"hookstream.event_id": str(event.event_id)}
+        )
+        self._current = tracing.context_of(self.group.add(span))
+
+    def job(self, job: DeliveryJob) -> DeliveryJob:
+        attrs = {
+            "hookstream.delivery_id": str(job.delivery_id),
+            "hookstream.subscription_id": str(job.subscription_id),
+        }
+        span = self.group.add(tracing.start_producer(self._deliveries, self._current, attrs))
+        return replace(job, extra={**job.extra, **tracing.headers_of(span)})

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.resolver import DefaultResolver
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
+from shared import tracing
 from shared.settings import Settings
 from shared.urlsafety import GuardedResolver
 
@@ -70,3 +72,40 @@ async def post(
                     break
             excerpt = b"".join(chunks).decode("utf-8", "replace") if chunks else ""
         return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
+
+
+async def post_traced(
+    session: aiohttp.ClientSession,
+    url: URL,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    excerpt_bytes: int,
+) -> Response:
+    """``post`` inside an HTTP client span (design §12), whose ``traceparent`` the target
+    receives. The span names the target's host and port, never its URL: a webhook URL's
+    path or query often carries a token."""
+    span = tracing.tracer().start_span(
+        "POST",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": "POST",
+            "server.address": url.host or "",
+            "server.port": url.port or 0,
+            "url.scheme": url.scheme,
+        },
+    )
+    traced = headers | {name: value.decode() for name, value in tracing.headers_of(span).items()}
+    try:
+        response = await post(session, url, body, traced, excerpt_bytes=excerpt_bytes)
+    except BaseException as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        tracing.end(span, exc)
+        raise
+    span.set_attribute("http.response.status_code", response.status)
+    if response.status >= 400:
+        # A client span's 4xx is an error too (semantic conventions): the target refused.
+        span.set_attribute("error.type", str(response.status))
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+    return response

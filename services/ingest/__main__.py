@@ -7,15 +7,13 @@ import uvicorn
 from services.ingest.app import create_app
 from services.ingest.auth import ConfigurationError
 from services.ingest.server import uvicorn_config
-from shared.logging import configure_logging
-from shared.runner import check_secret_keys, refuse_to_start
+from shared.runner import refuse_to_start, start_service
 from shared.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings, service="ingest")
-    check_secret_keys("ingest", settings)
+    traces = start_service("ingest", settings)
     try:
         app = create_app(settings)
     except ConfigurationError as exc:
@@ -23,7 +21,10 @@ def main() -> None:
     config = uvicorn_config(
         app, settings.http_host, settings.http_port, max_head_bytes=settings.max_header_bytes
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        traces.shutdown()
 
 
 if __name__ == "__main__":

@@ -32,11 +32,12 @@ from services.ingest.portal import links as portal_links
 from services.ingest.portal import login as portal_login
 from services.ingest.portal import pages as portal_pages
 from services.ingest.request_body import BodyLimitMiddleware, HeaderLimitMiddleware
+from services.ingest.request_tracing import RequestTracing
 from services.ingest.resources import Resources, open_resources
 from services.ingest.search import routes as search
 from services.ingest.ui.queries import HEALTH_WINDOW as OVERVIEW_WINDOW
 from services.ingest.ui.web import compile_templates
-from shared import __version__
+from shared import __version__, tracing
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -93,6 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
     add_ingest_route(app)
     # Added last, so it runs first: oversized headers never reach the fast path either.
     app.add_middleware(HeaderLimitMiddleware, limit=settings.max_header_bytes)
+    if tracing.enabled:
+        # Outermost: the server span covers every layer, and off it costs nothing.
+        app.add_middleware(RequestTracing)
     app.include_router(events.router)
     app.include_router(subscriptions.router)
     app.include_router(test_events.router)

@@ -19,6 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
 from services.ingest.errors import ServiceUnavailable
+from shared import tracing
 from shared.logging import get_logger
 from shared.metrics import PUBLISHED
 from shared.records import DeliveryJob, EventRecord
@@ -42,11 +43,40 @@ class Publisher:
         key = record.key
         # Keyed by subscription or application id: a small, stable set of keys.
         partition = self._partition(topic, key)
+        if tracing.enabled:
+            attrs = {"hookstream.event_id": str(record.event_id)}
+            await self._publish_traced(topic, record.body, key, record.headers(), partition, attrs)
+            return
         await self._publish(topic, record.body, key, record.headers(), partition)
 
     async def publish_job(self, topic: str, job: DeliveryJob) -> None:
         key = job.key
-        await self._publish(topic, job.body, key, job.headers(), self._partition(topic, key))
+        partition = self._partition(topic, key)
+        if tracing.enabled:
+            attrs = {"hookstream.delivery_id": str(job.delivery_id)}
+            await self._publish_traced(topic, job.body, key, job.headers(), partition, attrs)
+            return
+        await self._publish(topic, job.body, key, job.headers(), partition)
+
+    async def _publish_traced(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes,
+        headers: list[tuple[str, bytes]],
+        partition: int | None,
+        attributes: dict[str, str],
+    ) -> None:
+        """A producer span, child of the request's, whose context the record carries."""
+        span = tracing.start_producer(topic, attributes=attributes)
+        try:
+            await self._publish(
+                topic, value, key, tracing.replace_trace_headers(headers, span), partition
+            )
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span)
 
     def _partition(self, topic: str, key: bytes) -> int | None:
         """The partition aiokafka's default partitioner would choose, remembered per key.

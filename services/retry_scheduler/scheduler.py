@@ -32,10 +32,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import Span
 
 from services.retry_scheduler.progress import InOrderAcks
 from services.retry_scheduler.settings import SchedulerSettings
 from services.retry_scheduler.timing import Hold, resume_delay, split_due
+from shared import tracing
 from shared.kafka import make_consumer, make_producer
 from shared.logging import get_logger
 from shared.metrics import (
@@ -160,6 +162,18 @@ class RetryScheduler:
 
     async def _publish(self, part: _Partition, record: Any, job: DeliveryJob) -> None:
         part.acks.start(record.offset)
+        headers = list(record.headers)
+        span: Span | None = None
+        if tracing.enabled:
+            # The one change to the record: its trace context names this span, a child
+            # of the retry scheduling span the record carries.
+            span = tracing.start_producer(
+                self._topics.deliveries,
+                tracing.extract(headers),
+                {"hookstream.delivery_id": str(job.delivery_id), "hookstream.tier": record.topic},
+                operation="re-publish",
+            )
+            headers = tracing.replace_trace_headers(headers, span)
         try:
             # Unchanged: the same key, the exact value bytes and every header, attempt
             # included. send() returns once the record is queued; the ack comes later.
@@ -167,19 +181,34 @@ class RetryScheduler:
                 self._topics.deliveries,
                 record.value,
                 key=record.key,
-                headers=list(record.headers),
+                headers=headers,
             )
         except KafkaError as exc:
             part.fail(record.offset, exc)
+            if span is not None:
+                tracing.end(span, exc)
             return
         part.in_flight.add(ack)
-        ack.add_done_callback(functools.partial(self._acked, part, record, job))
+        acked = functools.partial(self._acked, part, record, job, span)
+        if span is None:
+            ack.add_done_callback(acked)
+            return
+        # The callback runs in a copy of this context: its log line carries the span.
+        with tracing.activate(span, end=False):
+            ack.add_done_callback(acked)
 
     def _acked(
-        self, part: _Partition, record: Any, job: DeliveryJob, ack: asyncio.Future[Any]
+        self,
+        part: _Partition,
+        record: Any,
+        job: DeliveryJob,
+        span: Span | None,
+        ack: asyncio.Future[Any],
     ) -> None:
         part.in_flight.discard(ack)
         exc = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+        if span is not None:
+            tracing.end(span, exc)
         if exc is not None:
             part.fail(record.offset, exc)
             return
