@@ -32,6 +32,7 @@ SECTIONS = (
     "targets",
     "backfill",
     "search",
+    "latency",
 )
 RESULTS = Path(__file__).parent / "results"
 

@@ -7,19 +7,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shared.settings import Settings
 
 
-def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+def make_producer(settings: Settings) -> AIOKafkaProducer:
     # acks=all: a 2xx from ingest and a committed offset both mean "the broker has it".
     # Idempotence stays off: aiokafka 0.14 cannot recover an idempotent producer whose
     # batch failed while the broker was down (its sequence runs ahead of the broker's and
     # every later send fails with OutOfOrderSequenceNumber until restart, aiokafka #1017;
     # our broker-restart fault test caught it). A retried send may duplicate a record,
     # which at-least-once delivery allows (receivers dedupe on webhook-id).
-    # linger 5 ms lets concurrent sends share a batch (ingest overrides it to 0).
+    # Linger: see Settings.producer_linger_ms (0: batches grow with load by themselves).
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         enable_idempotence=False,
-        linger_ms=linger_ms,
+        linger_ms=settings.producer_linger_ms,
         max_batch_size=256 * 1024,
         max_request_size=max(1_048_576, settings.max_body_bytes * 2),
         request_timeout_ms=int(max(settings.publish_timeout, 5) * 1000) * 3,

@@ -50,6 +50,16 @@ RETRY_LATENESS = Histogram(
     # healthy scheduler sits in the first buckets; seconds mean it is falling behind.
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+# Light load lives under 5 ms (bench latency); a backlog shows as seconds.
+_WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
+RECORD_WAIT = Histogram(
+    "hookstream_record_wait_seconds",
+    "From a record's CreateTime (its producer's send) to the dispatcher reading it: the "
+    "producer's linger, the broker's append and the consumer's fetch. By stage: fanout "
+    "(events written by ingest), delivery (jobs written by fan-out or the retry scheduler).",
+    ["stage"],
+    buckets=(*_WAIT_BUCKETS, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 RETRY_PAUSED_PARTITIONS = Gauge(
     "hookstream_retry_paused_partitions",
     "Tier partitions paused until their head record is due (or a failed publish backs off).",

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     idempotency_ttl: timedelta = timedelta(hours=24)
     # 2xx means the broker acked; past this bound ingest answers 503 instead of waiting.
     publish_timeout: float = Field(5.0, gt=0)
+    # How long a producer waits for more records before sending a batch. 0: a record goes
+    # at once when nothing is in flight to its broker, and records queue into the next
+    # batch while one is (aiokafka sends one request per broker at a time), so batches
+    # grow with load by themselves. 5 ms cost every webhook 5 ms at light load (bench
+    # latency) and bought nothing measurable under load (bench delivery, fanout). Ingest
+    # measured with wrk -c32 on 2 cores: 5 ms → 3,460 req/s (each request waits for its
+    # ack: latency-bound), 2 ms → 5,530, 0 → 5,800.
+    producer_linger_ms: int = Field(0, ge=0, le=1000)
     # Seconds between polls of the subscription change log (the consistency pass behind
     # the pub/sub push): a lost message costs at most this much staleness.
     subscription_cache_ttl: float = Field(1.0, gt=0)

@@ -35,7 +35,7 @@ from services.dispatcher.delivery_stage import DeliveryStage, Progress
 from services.dispatcher.fanout import FanOutStage
 from services.dispatcher.stalls import ZombieFence
 from shared.logging import get_logger
-from shared.metrics import CONSUMER_LAG
+from shared.metrics import CONSUMER_LAG, RECORD_WAIT
 from shared.offsets import PartitionOffsets
 from shared.records import DeliveryJob, EventRecord
 from shared.topics import Topics
@@ -62,6 +62,8 @@ PARTITION_BACKLOG = 20_000
 # Small enough that a chunk of broadcast events (1,000 subscriptions each) stays a
 # reasonable publish: 32,000 jobs.
 FANOUT_CHUNK = 32
+_FANOUT_WAIT = RECORD_WAIT.labels("fanout")
+_DELIVERY_WAIT = RECORD_WAIT.labels("delivery")
 _RETRY_FIRST = 0.5
 _RETRY_MAX = 30.0
 
@@ -157,11 +159,15 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
                 backoff = min(backoff * 2, _RETRY_MAX)
                 continue
             backoff = _RETRY_FIRST
+            now_ms = time.time() * 1000
             for tp, records in batches.items():
                 part = self._parts.get(tp)
                 if part is None:
                     part = self._parts[tp] = Partition(tp)
                 fresh = [r for r in records if part.start(r.offset)]
+                waited = _FANOUT_WAIT if tp.topic == events_topic else _DELIVERY_WAIT
+                for r in fresh:
+                    waited.observe((now_ms - r.timestamp) / 1000)
                 if tp.topic == events_topic:
                     for start in range(0, len(fresh), FANOUT_CHUNK):
                         self._submit_events(part, fresh[start : start + FANOUT_CHUNK])

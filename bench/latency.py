@@ -1,0 +1,385 @@
+"""Latency at light load (issue 19): from the 202 to the first arrival at the target.
+
+One ingest and one dispatcher process, one sink, ``SUBSCRIPTIONS`` signed subscriptions.
+The client paces signed ``POST /ingest/{id}`` open loop: one loop starts each request
+when it is due and never waits for earlier answers (a client holding the whole run as
+pending tasks stalls itself and inflates the tail).
+
+Runs, in this order, in one section:
+
+- capacity: end to end through ingest as fast as it goes (``bench.delivery.end_to_end``,
+  its own processes), so "half" and "a third" are of this run's machine;
+- ``PACE`` (70/s) for ``PACED_S`` seconds, and half of the capacity for ``HALF_S``;
+- the soak: a third of the capacity for ``SOAK_S`` (600 s), with the processes' RSS at
+  its start and end and every webhook accounted for.
+
+Latency is the sink's first arrival of a delivery minus the moment the client read its
+202. The breakdown follows one webhook through the timestamps Hookstream has:
+``received_at`` (ingest, on the record) → the event record's CreateTime (ingest's send)
+→ the job record's CreateTime (fan-out's send) → the request's start (the attempt row's
+``created_at`` minus its duration) → the sink's arrival; plus the two fetch waits the
+dispatcher measures itself (``hookstream_record_wait_seconds``: CreateTime → read, for
+events and for jobs), from its histogram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.delivery import body, end_to_end
+from bench.targets import rss_mb
+from tests.support.dispatch import DispatchWorld
+from tests.support.procs import ServiceProcess, free_port
+from tests.support.stack import IsolatedStack
+from tests.support.targets import SinkProcess
+
+SECTION = "latency"
+SUBSCRIPTIONS = 10
+PACE = 70.0
+PACED_S = float(os.environ.get("BENCH_LATENCY_S", "30"))
+HALF_S = float(os.environ.get("BENCH_LATENCY_HALF_S", "20"))
+SOAK_S = float(os.environ.get("BENCH_SOAK_S", "600"))
+CAPACITY_N = 10_000
+WAIT_METRIC = "hookstream_record_wait_seconds"
+
+
+def row(metric: str, value: float | int, unit: str, note: str = "") -> dict[str, Any]:
+    return {"section": SECTION, "metric": metric, "value": value, "unit": unit, "note": note}
+
+
+@dataclass(slots=True)
+class Sent:
+    delivery_id: str
+    due: float
+    accepted: float = 0.0  # the client read the 202
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+# --- the histogram the dispatcher keeps ---------------------------------------------------
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _buckets(page: str, stage: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) of one stage's wait histogram."""
+    out = []
+    prefix = f'{WAIT_METRIC}_bucket{{le="'
+    for line in page.splitlines():
+        if line.startswith(prefix) and f'stage="{stage}"' in line:
+            le = line[len(prefix) :].split('"', 1)[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(out)
+
+
+def hist_quantile(before: str, after: str, stage: str, q: float) -> float:
+    """The q-quantile (ms) of what was observed between two scrapes, interpolated within
+    its bucket as Prometheus's histogram_quantile does."""
+    was = dict(_buckets(before, stage))
+    now = [(le, count - was.get(le, 0.0)) for le, count in _buckets(after, stage)]
+    total = now[-1][1] if now else 0.0
+    if not total:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, count in now:
+        if count >= rank:
+            if le == float("inf"):
+                return lower * 1000
+            inside = count - below
+            return (lower + (le - lower) * ((rank - below) / inside if inside else 1)) * 1000
+        lower, below = le, count
+    return lower * 1000
+
+
+# --- the load ---------------------------------------------------------------------------
+
+
+class Client:
+    """Signed targeted webhooks, paced open loop."""
+
+    def __init__(self, port: int, subs: list[uuid.UUID], secrets: list[str]) -> None:
+        self._port = port
+        self._subs = subs
+        self._secrets = secrets
+        self._n = 0
+
+    async def paced(self, rate: float, seconds: float) -> list[Sent]:
+        n = max(1, int(rate * seconds))
+        sent: list[Sent] = []
+        failures: list[str] = []
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            tasks = []
+            start = time.monotonic() + 0.2
+            for i in range(n):
+                due = start + i / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(self._one(session, sent, failures)))
+            await asyncio.gather(*tasks)
+        if failures:
+            raise RuntimeError(f"{len(failures)} webhooks refused, e.g. {failures[0]}")
+        return sent
+
+    async def _one(
+        self, session: aiohttp.ClientSession, sent: list[Sent], failures: list[str]
+    ) -> None:
+        i = self._n
+        self._n += 1
+        k = i % len(self._subs)
+        payload = body(i)
+        signature = hmac.new(self._secrets[k].encode(), payload, hashlib.sha256).hexdigest()
+        headers = {
+            "content-type": "application/json",
+            "x-webhook-event": "order.created",
+            "x-hub-signature-256": f"sha256={signature}",
+        }
+        record = Sent("", time.time())
+        url = f"http://127.0.0.1:{self._port}/ingest/{self._subs[k]}"
+        async with session.post(url, data=payload, headers=headers) as resp:
+            answer = await resp.json()
+            record.accepted = time.time()
+        if resp.status != 202:
+            failures.append(f"{resp.status} {answer}")
+            return
+        record.delivery_id = answer["delivery_id"]
+        sent.append(record)
+
+
+async def _wait_arrived(sink: SinkProcess, ids: set[str], timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        arrivals = sink.arrivals()
+        if ids <= arrivals.keys() or time.monotonic() > deadline:
+            return {d: min(arrivals[d]) for d in ids if d in arrivals}
+        await asyncio.sleep(0.2)
+
+
+async def _topic_times(
+    world: DispatchWorld, topic: str, key: Callable[[dict[str, bytes]], str]
+) -> dict[str, float]:
+    """CreateTime (s) of every record of ``topic``, by ``key(headers)``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=world.settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(tps)
+        times: dict[str, float] = {}
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for r in records:
+                    times[key(dict(r.headers))] = r.timestamp / 1000
+        return times
+    finally:
+        await consumer.stop()
+
+
+async def breakdown(
+    world: DispatchWorld, sent: list[Sent], arrived: dict[str, float]
+) -> dict[str, list[float]]:
+    ids = [s.delivery_id for s in sent if s.delivery_id in arrived]
+    rows = await world.attempts(
+        "delivery_id = ANY(:ids) AND attempt_number = 1", ids=[uuid.UUID(i) for i in ids]
+    )
+    attempt = {str(r["delivery_id"]): r for r in rows}
+    events = await _topic_times(world, world.topics.events, lambda h: h["event_id"].decode())
+    jobs = await _topic_times(world, world.topics.deliveries, lambda h: h["delivery_id"].decode())
+    accepted = {s.delivery_id: s.accepted for s in sent}
+    seg: dict[str, list[float]] = {
+        "received → event sent (ingest)": [],
+        "received → 202 read by the client (ingest, publish ack)": [],
+        "event sent → job sent (broker, fetch, fan-out)": [],
+        "job sent → request started (broker, fetch, delivery stage)": [],
+        "request started → arrival (HTTP)": [],
+    }
+    for d in ids:
+        r = attempt.get(d)
+        if r is None or d not in jobs:
+            continue
+        received = r["first_received_at"].timestamp()
+        event_sent = events.get(str(r["event_id"]))
+        started = r["created_at"].timestamp() - (r["duration_ms"] or 0) / 1000
+        if event_sent is None:
+            continue
+        seg["received → event sent (ingest)"].append(event_sent - received)
+        seg["received → 202 read by the client (ingest, publish ack)"].append(
+            accepted[d] - received
+        )
+        seg["event sent → job sent (broker, fetch, fan-out)"].append(jobs[d] - event_sent)
+        seg["job sent → request started (broker, fetch, delivery stage)"].append(started - jobs[d])
+        seg["request started → arrival (HTTP)"].append(arrived[d] - started)
+    return {k: [v * 1000 for v in vs] for k, vs in seg.items()}
+
+
+# --- the section ----------------------------------------------------------------------------
+
+
+def capacity(stack: IsolatedStack, sink: SinkProcess) -> float:
+    result = end_to_end(stack, sink, CAPACITY_N, via_ingest=True)
+    assert result is not None, "ingest did not start"
+    return result[0]
+
+
+async def _run(
+    stack: IsolatedStack, sink: SinkProcess, cap: float, logs: Path
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    port, metrics = free_port(), free_port()
+    ingest = ServiceProcess(stack, "ingest", log_dir=logs, HOOKSTREAM_HTTP_PORT=str(port))
+    dispatcher = ServiceProcess(
+        stack, "dispatcher", log_dir=logs, HOOKSTREAM_METRICS_PORT=str(metrics)
+    )
+    try:
+        async with DispatchWorld(stack.settings()) as world:
+            secrets = [f"lat-secret-{i}" for i in range(SUBSCRIPTIONS)]
+            subs = [
+                await world.add_subscription(sink.url(f"/lat/{i}"), secret=s)
+                for i, s in enumerate(secrets)
+            ]
+            await _wait_http(port, ingest)
+            client = Client(port, subs, secrets)
+            warm = await client.paced(50, 2)  # connections, caches, the group
+            await _wait_arrived(sink, {s.delivery_id for s in warm}, 60)
+            for name, rate, seconds in (
+                ("at 70/s", PACE, PACED_S),
+                ("at half capacity", cap / 2, HALF_S),
+            ):
+                before = _scrape(metrics)
+                sent = await client.paced(rate, seconds)
+                arrived = await _wait_arrived(sink, {s.delivery_id for s in sent}, 120)
+                after = _scrape(metrics)
+                lat = [
+                    (arrived[s.delivery_id] - s.accepted) * 1000
+                    for s in sent
+                    if s.delivery_id in arrived
+                ]
+                lost = len(sent) - len(lat)
+                rows += [
+                    row(f"202→first arrival p50, {name}", round(pct(lat, 50), 2), "ms",
+                        f"{len(sent):,} webhooks at {rate:,.0f}/s open loop ({SUBSCRIPTIONS} "
+                        f"subscriptions, one sink); not arrived: {lost}"),
+                    row(f"202→first arrival p99, {name}", round(pct(lat, 99), 2), "ms",
+                        f"max {max(lat):.1f} ms"),
+                ]  # fmt: skip
+                parts = await breakdown(world, sent, arrived)
+                for label, values in parts.items():
+                    rows.append(
+                        row(
+                            f"{name}: {label}",
+                            round(pct(values, 50), 2),
+                            "ms p50",
+                            f"p99 {pct(values, 99):.2f} ms, {len(values):,} webhooks",
+                        )
+                    )
+                for stage, label in (
+                    ("fanout", "event sent → read by fan-out"),
+                    ("delivery", "job sent → read by the delivery stage"),
+                ):
+                    rows.append(
+                        row(
+                            f"{name}: {label} (dispatcher histogram)",
+                            round(hist_quantile(before, after, stage, 0.5), 2),
+                            "ms p50",
+                            f"p99 {hist_quantile(before, after, stage, 0.99):.2f} ms",
+                        )
+                    )
+            if SOAK_S > 0:
+                rows += await _soak(client, sink, cap / 3, [ingest, dispatcher])
+    finally:
+        dispatcher.stop()
+        ingest.stop()
+    return rows
+
+
+async def _soak(
+    client: Client, sink: SinkProcess, rate: float, procs: list[ServiceProcess]
+) -> list[dict[str, Any]]:
+    def rss() -> list[float]:
+        return [rss_mb(p.proc.pid) for p in procs]
+
+    start = rss()
+    sent = await client.paced(rate, SOAK_S)
+    arrived = await _wait_arrived(sink, {s.delivery_id for s in sent}, 300)
+    end = rss()
+    lat = [(arrived[s.delivery_id] - s.accepted) * 1000 for s in sent if s.delivery_id in arrived]
+    lost = len(sent) - len(lat)
+    growth = max(100 * (e - s) / s for s, e in zip(start, end, strict=True))
+    # Where the worst pauses fall: the arrival times of the slowest ten, to match with logs.
+    worst = sorted(
+        ((arrived[s.delivery_id] - s.accepted) * 1000, s.accepted)
+        for s in sent
+        if s.delivery_id in arrived
+    )[-10:]
+    t0 = sent[0].accepted if sent else 0.0
+    return [
+        row("soak p50", round(pct(lat, 50), 2), "ms",
+            f"{len(sent):,} webhooks over {SOAK_S:.0f} s at {rate:,.0f}/s (a third of "
+            f"capacity); not arrived: {lost}"),
+        row("soak p99", round(pct(lat, 99), 2), "ms", "target ≤ 25 ms"),
+        row("soak p99.9", round(pct(lat, 99.9), 2), "ms"),
+        row("soak max", round(max(lat), 1), "ms",
+            "target ≤ 100 ms; the ten worst at s "
+            + ", ".join(f"{a - t0:.0f}" for _, a in worst)),
+        row("soak RSS growth", round(growth, 1), "%",
+            f"ingest {start[0]:.0f}→{end[0]:.0f} MB, dispatcher {start[1]:.0f}→{end[1]:.0f} "
+            "MB; target ≤ 10 %"),
+    ]  # fmt: skip
+
+
+async def _wait_http(port: int, proc: ServiceProcess) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return
+        except OSError:
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"ingest did not start:\n{proc.log()[-2000:]}")
+
+
+def run(stack: IsolatedStack) -> list[dict[str, Any]]:
+    with SinkProcess() as sink:
+        cap = capacity(stack, sink)
+        sink.reset()
+        with tempfile.TemporaryDirectory() as logs:
+            rows = asyncio.run(_run(stack, sink, cap, Path(logs)))
+    capacity_row = row(
+        "end-to-end capacity",
+        round(cap),
+        "deliveries/s",
+        "through ingest, as fast as it goes (bench.delivery.end_to_end)",
+    )
+    return [capacity_row, *rows]
