@@ -15,7 +15,7 @@ def main() -> None:
     settings = Settings()
     traces = start_service("ingest", settings)
     try:
-        app = create_app(settings)
+        app = create_app(settings, traces)
     except ConfigurationError as exc:
         refuse_to_start("ingest", str(exc))
     config = uvicorn_config(

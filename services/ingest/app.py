@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,8 +64,12 @@ class State(TypedDict):
     resources: Resources
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Raises ConfigurationError when no API key is set and the dev flag is off."""
+def create_app(settings: Settings, traces: tracing.Tracing | None = None) -> FastAPI:
+    """Raises ConfigurationError when no API key is set and the dev flag is off.
+
+    ``traces`` is shut down (its last spans exported) once the resources are closed: the
+    last step of the lifespan, because uvicorn re-raises SIGTERM when it returns.
+    """
     check_api_key_configured(settings)
 
     @asynccontextmanager
@@ -81,12 +86,17 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("started", host=settings.http_host, port=settings.http_port)
             yield {"resources": resources}
         log.info("stopped")
+        if traces is not None:
+            await asyncio.to_thread(traces.shutdown)
 
     app = FastAPI(
         title="Hookstream",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own spans record url.path and url.query, and a portal link carries
+        # its token in the path: the server span is RequestTracing's, named by route.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.api_key = configured_key(settings)
     install_error_handlers(app)
