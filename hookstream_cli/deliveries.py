@@ -1,9 +1,11 @@
 """``deliveries show|list|tail``, ``retry`` and ``replay``: what happened, and doing it again.
 
-The service has no search over every delivery yet (``GET /status/deliveries`` is issue
-16's). Until it has, ``list`` and ``tail`` read what exists: one subscription's latest
-attempts, the dead-letter list for FAILURE, and, with no subscription named, each of the
-first ``MAX_WALK`` subscriptions the key sees in turn (one request per subscription).
+``list`` and ``tail`` read ``GET /status/deliveries``: one row per delivery, its latest
+attempt, newest first. ``tail`` polls it rather than reading attempts: no route lists the
+attempts of every subscription, and a delivery's row comes back to the top with each new
+attempt, so each poll prints the deliveries whose latest attempt is new. Two attempts of
+one delivery within one poll period print as the later one only; retries are 10 s apart
+at the least (HOOKSTREAM_RETRY_SCHEDULE's default), a poll period is 1 s.
 """
 
 from __future__ import annotations
@@ -11,23 +13,22 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
 
+from hookstream_cli import search
 from hookstream_cli.context import Commands, Context, UsageError, show, when
 from hookstream_cli.inputs import parse_duration_arg, parse_since
-from shared.client import Attempt, DeadLetter
+from shared.client import AttemptState, DeliveryRow, Page
 
 STATES = ("SUCCESS", "FAILED_ATTEMPT", "FAILURE")
-# The status route's own bound on the attempts one answer holds.
-MAX_ATTEMPTS = 1000
-# Walking subscriptions costs a request each per listing (and per poll when tailing):
-# past 100 a second's poll would be a small load test. Name one with --subscription.
-MAX_WALK = 100
-# Latest attempts read per subscription and poll when tailing: more new attempts than
-# this between two polls (100/s at the default interval) and the oldest go unprinted.
-TAIL_WINDOW = 100
+# Attempt rows reach the database in group commits about 20 ms after their time
+# (services/dispatcher/batching.py), stamped by the dispatcher's clock. Each poll reads
+# this far back again so that a row committed late, behind one already printed, still
+# prints; a row later than this (a database outage, a clock off by seconds) does not.
+LAG = timedelta(seconds=5)
+# Pages of 500 one poll may read: 10,000 deliveries changed within one poll period plus
+# LAG. Past that the oldest go unprinted (and a note says so): filter the tail instead.
+MAX_POLL_PAGES = 20
 
 
 def register(commands: Commands, parents: list[argparse.ArgumentParser]) -> None:
@@ -48,31 +49,36 @@ def register(commands: Commands, parents: list[argparse.ArgumentParser]) -> None
         "list",
         parents=parents,
         help="deliveries and their latest state, newest first",
-        description="Deliveries with their latest attempt, newest first. With "
-        "--subscription: that subscription's latest 1000 attempts. Without: --status "
-        f"FAILURE reads the dead-letter list; otherwise the first {MAX_WALK} subscriptions "
-        "are read one by one.",
+        description="Deliveries, one row each with its latest attempt, newest first "
+        "(GET /status/deliveries). Every filter applies to the latest attempt: --status "
+        "FAILED_ATTEMPT finds the deliveries still retrying, --since/--until bound the "
+        "latest attempt's time. Pages are followed until --limit rows.",
     )
     _filters(p)
-    p.add_argument(
-        "--since", help="only those whose latest attempt is newer: 1h, 2d, or a date-time"
-    )
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    search.add_filters(p)
+    search.add_paging(p)
     p.set_defaults(handler=list_deliveries)
 
     p = actions.add_parser(
         "tail",
         parents=parents,
-        help="print new attempts as they happen (Ctrl-C stops)",
-        description="Follow new delivery attempts, like tail -f, until Ctrl-C. With "
-        "--json, one JSON object per line.",
+        help="print deliveries as they get new attempts (Ctrl-C stops)",
+        description="Follow deliveries, like tail -f, until Ctrl-C: polls GET "
+        "/status/deliveries and prints each delivery whose latest attempt is new (two "
+        "attempts of one delivery within one poll print as the later). With --json, one "
+        "JSON object per line.",
     )
     _filters(p)
+    search.add_filters(p, window=False)
     p.add_argument(
-        "-n", "--lines", type=int, default=10, help="print the last N attempts first (default 10)"
+        "-n",
+        "--lines",
+        type=int,
+        default=10,
+        help="print the latest N deliveries first (default 10)",
     )
     p.add_argument("--interval", default="1s", metavar="DURATION", help="poll period (1s)")
-    p.add_argument("--count", type=int, help="stop after printing this many attempts")
+    p.add_argument("--count", type=int, help="stop after printing this many")
     p.set_defaults(handler=tail)
 
     p = commands.add_parser(
@@ -170,42 +176,6 @@ def replay(ctx: Context, args: argparse.Namespace) -> int:
 # --- list and tail ------------------------------------------------------------------
 
 
-def _row(item: Attempt | DeadLetter) -> dict[str, Any]:
-    if isinstance(item, DeadLetter):
-        return {
-            "delivery_id": item.delivery_id,
-            "subscription_id": item.subscription_id,
-            "event_id": item.event_id,
-            "event_type": item.event_type,
-            "status": "FAILURE",
-            "attempt_number": item.attempts,
-            "status_code": item.last_status_code,
-            "error": item.last_error,
-            "at": item.failed_at,
-        }
-    return {
-        "delivery_id": item.delivery_id,
-        "subscription_id": item.subscription_id,
-        "event_id": item.event_id,
-        "event_type": item.event_type,
-        "status": item.status,
-        "attempt_number": item.attempt_number,
-        "status_code": item.status_code,
-        "error": item.error_details,
-        "at": item.created_at,
-        "attempt_id": item.id,
-        "trigger": item.trigger,
-        "duration_ms": item.duration_ms,
-    }
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v
-        for k, v in row.items()
-    }
-
-
 def _one_line(text: str | None, width: int = 60) -> str | None:
     if text is None:
         return None
@@ -213,76 +183,82 @@ def _one_line(text: str | None, width: int = 60) -> str | None:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _subscriptions(ctx: Context, subscription: str | None, *, quiet: bool = False) -> list[str]:
-    """The one named, or the first MAX_WALK the key sees (listed again on every call, so a
-    tail follows subscriptions created after it started)."""
-    if subscription is not None:
-        return [subscription]
-    subs = ctx.client.list_subscriptions(limit=MAX_WALK + 1)
-    if len(subs) > MAX_WALK and not quiet:
-        ctx.out.note(
-            f"note: reading the first {MAX_WALK} subscriptions only; name one with --subscription"
-        )
-    return [str(s.id) for s in subs[:MAX_WALK]]
-
-
-def _attempts(ctx: Context, subscriptions: Iterable[str], per_subscription: int) -> list[Attempt]:
-    """Latest attempts of these subscriptions, newest first."""
-    found: list[Attempt] = []
-    for sub in subscriptions:
-        found += ctx.client.subscription_deliveries(sub, limit=per_subscription).recent_logs
-    found.sort(key=lambda a: (a.created_at, a.attempt_number), reverse=True)
-    return found
-
-
-def latest_per_delivery(attempts: Sequence[Attempt]) -> list[Attempt]:
-    """Newest first in, newest first out: each delivery's latest attempt."""
-    seen: set[uuid.UUID] = set()
-    latest = []
-    for attempt in attempts:
-        if attempt.delivery_id not in seen:
-            seen.add(attempt.delivery_id)
-            latest.append(attempt)
-    return latest
+def _row_cells(row: DeliveryRow) -> tuple[object, ...]:
+    return (
+        row.latest_attempt_at,
+        row.delivery_id,
+        row.status,
+        row.attempt_number,
+        row.status_code,
+        row.event_type,
+        _one_line(row.error_details, 40),
+    )
 
 
 def list_deliveries(ctx: Context, args: argparse.Namespace) -> int:
-    since = parse_since(args.since) if args.since else None
-    if args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    items: list[Attempt | DeadLetter]
-    if args.subscription is None and args.status == "FAILURE":
-        letters = ctx.client.dead_letters(limit=MAX_ATTEMPTS).items
-        items = [d for d in letters if since is None or d.failed_at >= since]
-    else:
-        subs = _subscriptions(ctx, args.subscription)
-        latest = latest_per_delivery(_attempts(ctx, subs, MAX_ATTEMPTS))
-        items = [
-            a
-            for a in latest
-            if (args.status is None or a.status == args.status)
-            and (since is None or a.created_at >= since)
-        ]
-    rows = [_row(item) for item in items[: args.limit]]
+    search.check_limit(args.limit)
+    span = search.window(args)
+    app = search.application_id(ctx, args.app)
+
+    def fetch(limit: int, cursor: str | None) -> Page[DeliveryRow]:
+        return ctx.client.search_deliveries(
+            status=args.status,
+            subscription_id=args.subscription,
+            event_type=args.event,
+            application_id=app,
+            since=span.since,
+            until=span.until,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    rows, next_cursor = search.walk(fetch, args.limit, args.cursor)
     if ctx.out.json_mode:
-        ctx.out.json([_jsonable(r) for r in rows])
+        ctx.out.json({"data": rows, "next_cursor": next_cursor})
         return 0
     ctx.out.table(
         ["AT", "DELIVERY", "STATUS", "#", "CODE", "EVENT TYPE", "ERROR"],
-        [
-            (
-                r["at"],
-                r["delivery_id"],
-                r["status"],
-                r["attempt_number"],
-                r["status_code"],
-                r["event_type"],
-                _one_line(r["error"], 40),
-            )
-            for r in rows
-        ],
+        [_row_cells(row) for row in rows],
     )
+    search.footer(ctx, next_cursor)
     return 0
+
+
+Key = tuple[uuid.UUID, datetime, int]
+
+
+def _key(row: DeliveryRow) -> Key:
+    """One attempt: the delivery and its latest attempt's time (and number: a manual retry
+    starts a new series at 1)."""
+    return (row.delivery_id, row.latest_attempt_at, row.attempt_number)
+
+
+class Follower:
+    """What ``tail`` has printed: the deliveries' latest attempts seen within ``LAG`` of
+    the newest, and the newest time seen (``mark``), the server's clock only."""
+
+    def __init__(self, mark: datetime | None) -> None:
+        self.mark = mark
+        self.seen: dict[Key, datetime] = {}
+
+    def since(self) -> datetime | None:
+        return None if self.mark is None else self.mark - LAG
+
+    def fresh(self, newest_first: list[DeliveryRow]) -> list[DeliveryRow]:
+        """The rows not seen before, oldest first; remembers them all."""
+        new = [row for row in reversed(newest_first) if _key(row) not in self.seen]
+        self.remember(newest_first)
+        return new
+
+    def remember(self, rows: list[DeliveryRow]) -> None:
+        for row in rows:
+            self.seen[_key(row)] = row.latest_attempt_at
+            if self.mark is None or row.latest_attempt_at > self.mark:
+                self.mark = row.latest_attempt_at
+        # What is older than the next poll's window cannot come back.
+        horizon = self.since()
+        if horizon is not None:
+            self.seen = {k: at for k, at in self.seen.items() if at >= horizon}
 
 
 def tail(ctx: Context, args: argparse.Namespace) -> int:
@@ -291,48 +267,101 @@ def tail(ctx: Context, args: argparse.Namespace) -> int:
         raise UsageError("--interval must be more than 0")
     if args.lines < 0 or (args.count is not None and args.count < 1):
         raise UsageError("--lines must be 0 or more and --count at least 1")
-    seen: set[uuid.UUID] | None = None
+    app = search.application_id(ctx, args.app)
+
+    def fetch(
+        limit: int,
+        cursor: str | None,
+        *,
+        status: AttemptState | None = None,
+        since: datetime | None = None,
+    ) -> Page[DeliveryRow]:
+        return ctx.client.search_deliveries(
+            status=status,
+            subscription_id=args.subscription,
+            event_type=args.event,
+            application_id=app,
+            since=since,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def changed(follower: Follower) -> list[DeliveryRow]:
+        """Every delivery whose latest attempt is in the window, newest first. Without
+        --status on the server: the filter would leave the mark behind while nothing
+        matches, and a first page holds the newest row only without it."""
+        rows, more = search.walk(
+            lambda limit, cursor: fetch(limit, cursor, since=follower.since()),
+            MAX_POLL_PAGES * search.MAX_PAGE,
+            None,
+        )
+        if more is not None:
+            ctx.out.note(
+                f"note: more than {len(rows)} deliveries changed within one poll; the "
+                "oldest are not printed (narrow with --subscription, --event or --app)"
+            )
+        return rows
+
     printed = 0
-    while True:
-        subs = _subscriptions(ctx, args.subscription, quiet=seen is not None)
-        attempts = [
-            a
-            for a in _attempts(ctx, subs, TAIL_WINDOW)
-            if args.status is None or a.status == args.status
-        ]
-        oldest_first = attempts[::-1]
-        if seen is None:
-            new = oldest_first[-args.lines :] if args.lines else []
-        else:
-            new = [a for a in oldest_first if a.id not in seen]
-        for attempt in new:
-            _print_attempt(ctx, attempt)
+
+    def emit(rows: list[DeliveryRow]) -> bool:
+        """Prints them; True once --count is reached."""
+        nonlocal printed
+        for row in rows:
+            if args.status is not None and row.status != args.status:
+                continue
+            _print_row(ctx, row)
             printed += 1
             if args.count is not None and printed >= args.count:
-                return 0
-        if seen is None:
-            what = f"subscription {subs[0]}" if args.subscription else f"{len(subs)} subscriptions"
-            ctx.out.note(f"following {what} (Ctrl-C stops)")
-        # Only what the window still holds: an attempt that left it cannot come back.
-        seen = {a.id for a in attempts}
+                return True
+        return False
+
+    newest = fetch(1, None).data
+    follower = Follower(newest[0].latest_attempt_at if newest else None)
+    follower.remember(changed(follower))
+    if args.lines:
+        backlog, _ = search.walk(
+            lambda limit, cursor: fetch(limit, cursor, status=args.status), args.lines, None
+        )
+        follower.remember(backlog)
+        if emit(backlog[::-1]):
+            return 0
+    ctx.out.note(f"following {_following(args)} (Ctrl-C stops)")
+    while True:
         time.sleep(interval)
+        if emit(follower.fresh(changed(follower))):
+            return 0
 
 
-def _print_attempt(ctx: Context, attempt: Attempt) -> None:
+def _following(args: argparse.Namespace) -> str:
+    scope = [
+        f"{name} {value}"
+        for name, value in (
+            ("subscription", args.subscription),
+            ("event type", args.event),
+            ("application", args.app),
+            ("status", args.status),
+        )
+        if value is not None
+    ]
+    return "deliveries of " + ", ".join(scope) if scope else "every delivery the key sees"
+
+
+def _print_row(ctx: Context, row: DeliveryRow) -> None:
     if ctx.out.json_mode:
-        ctx.out.json(_jsonable(_row(attempt)), compact=True)
+        ctx.out.json(row, compact=True)
         return
     parts = [
-        when(attempt.created_at),
-        f"{attempt.status:<14}",
-        f"#{attempt.attempt_number}",
-        show(attempt.status_code),
-        attempt.event_type,
-        f"delivery {attempt.delivery_id}",
-        f"subscription {attempt.subscription_id}",
+        when(row.latest_attempt_at),
+        f"{row.status:<14}",
+        f"#{row.attempt_number}",
+        show(row.status_code),
+        row.event_type,
+        f"delivery {row.delivery_id}",
+        f"subscription {row.subscription_id}",
     ]
-    if attempt.trigger != "ingest":
-        parts.append(f"({attempt.trigger})")
-    if attempt.error_details and attempt.status != "SUCCESS":
-        parts.append(_one_line(attempt.error_details) or "")
+    if row.trigger != "ingest":
+        parts.append(f"({row.trigger})")
+    if row.error_details and row.status != "SUCCESS":
+        parts.append(_one_line(row.error_details) or "")
     ctx.out.line("  ".join(parts))

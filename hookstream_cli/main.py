@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO, NoReturn, TextIO
 
-from hookstream_cli import deliveries, management, sending, verify
+from hookstream_cli import backfills, deliveries, events, management, sending, verify
 from hookstream_cli.context import CliError, Context, Output
 from shared.client import DEFAULT_TIMEOUT, DEFAULT_URL, ApiError, ClientError, Unreachable
 
@@ -79,7 +79,8 @@ def build_parser(out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> argparse
         prog=PROG,
         parents=[output, connection],
         description="Work with a Hookstream webhook service: applications, subscriptions, "
-        "keys, sending, delivery status, redelivery, and offline signature checks.",
+        "keys, sending, searching events and deliveries, redelivery, backfills, and offline "
+        "signature checks.",
         epilog="Every command takes --help.",
     )
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
@@ -88,6 +89,8 @@ def build_parser(out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> argparse
     management.register(commands, remote)
     sending.register(commands, remote)
     deliveries.register(commands, remote)
+    events.register(commands, remote)
+    backfills.register(commands, remote)
     verify.register(commands, [output])
     return parser
 

@@ -279,6 +279,7 @@ def _subscriptions(commands: Commands, parents: Parsers) -> None:
     )
     p.add_argument("--inactive", action="store_true", help="create it switched off")
     _endpoint_options(p)
+    _ordered_option(p, default=False)
     p.set_defaults(handler=create_subscription)
 
     p = actions.add_parser("show", parents=parents, help="one subscription (never its secret)")
@@ -300,6 +301,7 @@ def _subscriptions(commands: Commands, parents: Parsers) -> None:
     active.add_argument("--active", action="store_true", help="switch on (clears a deactivation)")
     active.add_argument("--inactive", action="store_true", help="switch off")
     _endpoint_options(p, removable=True)
+    _ordered_option(p, default=None)
     p.set_defaults(handler=update_subscription)
 
     p = actions.add_parser(
@@ -330,6 +332,17 @@ def _endpoint_options(p: argparse.ArgumentParser, *, removable: bool = False) ->
         group.add_argument("--no-rate-limit", action="store_true", help="remove the limit")
 
 
+def _ordered_option(p: argparse.ArgumentParser, *, default: bool | None) -> None:
+    p.add_argument(
+        "--ordered",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="deliver one at a time, in the order the events were accepted (each waits "
+        "until the one before succeeded or failed for good)"
+        + ("; default: concurrently" if default is False else ""),
+    )
+
+
 def _headers(values: list[str]) -> dict[str, str]:
     return dict(parse_header(text) for text in values)
 
@@ -348,6 +361,7 @@ def _show_subscription(ctx: Context, sub: Subscription) -> None:
         ("filter", sub.filter),
         ("headers", ", ".join(sub.headers) if sub.headers else None),
         ("rate limit", f"{sub.rate_limit}/s" if sub.rate_limit else None),
+        ("ordered", sub.ordered),
         ("created", sub.created_at),
         ("updated", sub.updated_at),
     ]
@@ -398,6 +412,7 @@ def create_subscription(ctx: Context, args: argparse.Namespace) -> int:
         filter=json_object(args.filter, ctx.stdin, "--filter") if args.filter else None,
         headers=_headers(args.header) if args.header else None,
         rate_limit=args.rate_limit,
+        ordered=args.ordered,
     )
     _show_subscription(ctx, sub)
     return 0
@@ -426,6 +441,8 @@ def update_subscription(ctx: Context, args: argparse.Namespace) -> int:
         changes["headers"] = None if args.no_headers else _headers(args.header)
     if args.rate_limit is not None or args.no_rate_limit:
         changes["rate_limit"] = None if args.no_rate_limit else args.rate_limit
+    if args.ordered is not None:
+        changes["ordered"] = args.ordered
     if not changes:
         raise UsageError("nothing to change: see hookstream subscriptions update --help")
     _show_subscription(ctx, ctx.client.update_subscription(args.subscription_id, **changes))

@@ -132,6 +132,7 @@ class Subscription(_Answer):
     filter: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     rate_limit: int | None = None
+    ordered: bool = False
     secret_rotated_at: datetime | None = None
     previous_secret_expires_at: datetime | None = None
     deactivated_reason: str | None = None
@@ -211,6 +212,57 @@ class DeadLetters(_Answer):
     items: list[DeadLetter]  # newest first
 
 
+class DeliveryRow(_Answer):
+    """A delivery as search finds it: its latest attempt (``delivery()`` has every one)."""
+
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    subscription_id: uuid.UUID
+    application_id: uuid.UUID
+    event_type: str
+    target_url: str
+    status: AttemptState
+    attempt_number: int
+    status_code: int | None
+    error_details: str | None
+    duration_ms: int | None
+    trigger: str
+    latest_attempt_at: datetime
+
+
+class EventRow(_Answer):
+    """An ingested event, without its body."""
+
+    event_id: uuid.UUID
+    event_type: str
+    application_id: uuid.UUID
+    subscription_id: uuid.UUID | None  # set for targeted ingests
+    received_at: datetime
+    content_type: str
+    size_bytes: int
+
+
+BackfillState = Literal["running", "done", "cancelled", "failed"]
+
+
+class Backfill(_Answer):
+    """A backfill's state; ``scanned`` ≥ ``matched`` ≥ ``published`` grow while it runs."""
+
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    application_id: uuid.UUID
+    status: BackfillState
+    since: datetime
+    until: datetime
+    scanned: int
+    matched: int
+    published: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
 class Redelivery(_Answer):
     status: Literal["accepted"]
     delivery_id: uuid.UUID
@@ -263,7 +315,7 @@ def _plain(value: Any) -> Any:
 
 
 def rfc3339(moment: datetime) -> str:
-    """UTC with a ``Z``, as the replay route wants (it refuses naive or numeric times)."""
+    """UTC with a ``Z``, as the API wants (it refuses naive or numeric times)."""
     if moment.tzinfo is None:
         raise ValueError("a time without a UTC offset is ambiguous")
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -404,6 +456,7 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         rate_limit: int | None = None,
+        ordered: bool = False,
     ) -> Subscription:
         """In ``app``, or (without one) in the default application or the key's own.
         The answer's ``secret_key`` is the only time the secret is shown."""
@@ -415,6 +468,7 @@ class Client:
             filter=filter,
             headers=headers,
             rate_limit=rate_limit,
+            ordered=ordered,
         )
         path = "/subscriptions/" if app is None else f"/applications/{_seg(app)}/subscriptions"
         return _parse(Subscription, self._request("POST", path, json=body))
@@ -433,6 +487,7 @@ class Client:
         filter: Mapping[str, Any] | _Unset | None = UNSET,
         headers: Mapping[str, str] | _Unset | None = UNSET,
         rate_limit: int | _Unset | None = UNSET,
+        ordered: bool | _Unset = UNSET,
     ) -> Subscription:
         """Only the fields given change; ``None`` removes a secret, filter, headers or
         rate limit."""
@@ -444,6 +499,7 @@ class Client:
             filter=filter,
             headers=headers,
             rate_limit=rate_limit,
+            ordered=ordered,
         )
         path = f"/subscriptions/{_seg(subscription_id)}"
         return _parse(Subscription, self._request("PATCH", path, json=body))
@@ -508,6 +564,56 @@ class Client:
         sub = None if subscription_id is None else str(subscription_id)
         return self._get(DeadLetters, "/status/dlq", subscription_id=sub, limit=limit)
 
+    def search_deliveries(
+        self,
+        *,
+        status: AttemptState | None = None,
+        subscription_id: Id | None = None,
+        event_type: str | None = None,
+        application_id: Id | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[DeliveryRow]:
+        """Deliveries by their latest attempt, newest first; every filter applies to that
+        attempt (``since`` inclusive, ``until`` exclusive). A page may be shorter than
+        ``limit``, even empty, while ``next_cursor`` is set: follow it until it is None."""
+        return self._get(
+            Page[DeliveryRow],
+            "/status/deliveries",
+            status=status,
+            subscription_id=_opt(subscription_id),
+            event_type=event_type,
+            application_id=_opt(application_id),
+            since=_opt_time(since),
+            until=_opt_time(until),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def search_events(
+        self,
+        *,
+        event_type: str | None = None,
+        application_id: Id | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[EventRow]:
+        """Ingested events (without bodies) by ``received_at``, newest first."""
+        return self._get(
+            Page[EventRow],
+            "/status/events",
+            event_type=event_type,
+            application_id=_opt(application_id),
+            since=_opt_time(since),
+            until=_opt_time(until),
+            limit=limit,
+            cursor=cursor,
+        )
+
     def retry(self, delivery_id: Id) -> Redelivery:
         path = f"/status/deliveries/{_seg(delivery_id)}/retry"
         return _parse(Redelivery, self._request("POST", path))
@@ -518,6 +624,34 @@ class Client:
         params = {"since": None if since is None else rfc3339(since)}
         path = f"/status/subscriptions/{_seg(subscription_id)}/replay"
         return _parse(Replay, self._request("POST", path, params=params))
+
+    # --- backfills -----------------------------------------------------------------
+
+    def start_backfill(
+        self, subscription_id: Id, since: datetime, until: datetime | None = None
+    ) -> Backfill:
+        """Deliver to the subscription the logged events of ``since``..``until`` (default
+        now) that it takes; the answer is the backfill, still running."""
+        body = {"since": rfc3339(since)}
+        if until is not None:
+            body["until"] = rfc3339(until)
+        path = f"/subscriptions/{_seg(subscription_id)}/backfill"
+        return _parse(Backfill, self._request("POST", path, json=body))
+
+    def get_backfill(self, backfill_id: Id) -> Backfill:
+        return self._get(Backfill, f"/backfills/{_seg(backfill_id)}")
+
+    def cancel_backfill(self, backfill_id: Id) -> Backfill:
+        """Cancelled if it was running; a finished one is answered as it is."""
+        return _parse(Backfill, self._request("DELETE", f"/backfills/{_seg(backfill_id)}"))
+
+
+def _opt(value: Id | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_time(moment: datetime | None) -> str | None:
+    return None if moment is None else rfc3339(moment)
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

@@ -21,19 +21,25 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from hookstream_cli.main import build_parser, run
+from shared.db import asyncpg_dsn
+from shared.records import EventRecord
 from tests.support.broker import IngestServer
+from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, free_port, running_service
 from tests.support.stack import IsolatedStack
 from tests.support.targets import Received, TargetServer
 
 HOOKSTREAM = Path(sys.executable).parent / "hookstream"
+BACKFILL_RATE = 200
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +54,21 @@ def dispatcher(
         tmp_path_factory.mktemp("dispatcher"),
         HOOKSTREAM_RETRY_SCHEDULE="",
         HOOKSTREAM_SUBSCRIPTION_CACHE_TTL="1",
+    ) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def janitor(
+    module_stack: IsolatedStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """Runs backfills at 200 jobs/s: the worker publishes 500 at a time (janitor/backfill.py
+    STEP), so one of 3,000 events shows progress after 2.5 s and runs for 15 s."""
+    with running_service(
+        module_stack,
+        "janitor",
+        tmp_path_factory.mktemp("janitor"),
+        HOOKSTREAM_BACKFILL_MAX_RATE=str(BACKFILL_RATE),
     ) as proc:
         yield proc
 
@@ -95,6 +116,16 @@ class Cli:
         """The one line a refused command prints on stderr."""
         result = await self(*argv, env=env)
         assert result.code == 1, (argv, result)
+        assert result.out == ""
+        lines = result.err.splitlines()
+        assert len(lines) == 1, result.err
+        assert lines[0].startswith("hookstream: error: ")
+        return lines[0].removeprefix("hookstream: error: ")
+
+    async def misused(self, *argv: str) -> str:
+        """The one line a command with bad arguments prints (exit 2, nothing sent)."""
+        result = await self(*argv)
+        assert result.code == 2, (argv, result)
         assert result.out == ""
         lines = result.err.splitlines()
         assert len(lines) == 1, result.err
@@ -165,11 +196,16 @@ def test_every_command_has_help_and_the_console_script_is_installed(
         "send",
         "publish",
         "deliveries",
+        "events",
         "retry",
         "replay",
+        "backfill",
+        "backfills",
         "verify",
     }
     assert ("deliveries", "tail") in paths
+    assert ("events", "list") in paths
+    assert ("backfills", "cancel") in paths
     assert ("keys", "revoke") in paths
     cli = Cli(module_ingest)
     for path in paths:
@@ -269,7 +305,21 @@ async def test_subscription_crud(hs: Cli, operator: httpx.AsyncClient) -> None:
     assert sub["id"] in {s["id"] for s in page["data"]}
     shown = await hs.ok("subscriptions", "show", sub["id"])
     assert f"events:      {event}" in shown.out
+    assert "ordered:     no" in shown.out
     assert sub["secret_key"] not in shown.out
+    assert sub["ordered"] is False
+
+    ordered = (
+        await hs.ok(
+            "subscriptions", "create", "--target", "https://example.com/o", "--ordered", "--json"
+        )
+    ).json()
+    assert (await operator.get(f"/subscriptions/{ordered['id']}")).json()["ordered"] is True
+    assert "ordered:     yes" in (await hs.ok("subscriptions", "show", ordered["id"])).out
+    await hs.ok("subscriptions", "update", ordered["id"], "--no-ordered")
+    assert (await operator.get(f"/subscriptions/{ordered['id']}")).json()["ordered"] is False
+    await hs.ok("subscriptions", "update", ordered["id"], "--ordered")
+    assert (await operator.get(f"/subscriptions/{ordered['id']}")).json()["ordered"] is True
 
     await hs.ok(
         "subscriptions", "update", sub["id"], "--inactive", "--event", "a.b", "--event", "c.d",
@@ -397,28 +447,54 @@ async def test_failed_deliveries_list_retry_replay_and_tail(hs: Cli, target: Tar
     everywhere = (
         await hs.ok("deliveries", "list", "--status", "FAILURE", "--since", "1h", "--json")
     ).json()
-    assert {first, second} <= {row["delivery_id"] for row in everywhere}
+    assert {first, second} <= {row["delivery_id"] for row in everywhere["data"]}
     mine = (await hs.ok("deliveries", "list", "--subscription", sub["id"], "--json")).json()
-    assert sorted((r["delivery_id"], r["status"]) for r in mine) == sorted(
-        [(first, "FAILURE"), (second, "FAILURE")]
+    assert mine["next_cursor"] is None
+    assert sorted((r["delivery_id"], r["status"], r["status_code"]) for r in mine["data"]) == (
+        sorted([(first, "FAILURE", 500), (second, "FAILURE", 500)])
     )
+    times = [r["latest_attempt_at"] for r in mine["data"]]
+    assert times == sorted(times, reverse=True)
+    newest, older = [r["delivery_id"] for r in mine["data"]]
+    by_type = (
+        await hs.ok("deliveries", "list", "--event", event, "--app", "default", "--json")
+    ).json()
+    assert [r["delivery_id"] for r in by_type["data"]] == [newest, older]
     none = await hs.ok(
         "deliveries", "list", "--subscription", sub["id"], "--status", "success", "--json"
     )
-    assert none.json() == []
+    assert none.json() == {"data": [], "next_cursor": None}
     walked = await hs.ok("deliveries", "list", "--since", "1h", "--limit", "1000")
     assert first in walked.out
     assert (
         await hs.ok(
-            "deliveries",
-            "list",
-            "--subscription",
-            sub["id"],
-            "--since",
-            "2099-01-01T00:00:00Z",
+            "deliveries", "list", "--subscription", sub["id"], "--since", "2099-01-01T00:00:00Z",
             "--json",
         )
-    ).json() == []
+    ).json()["data"] == []  # fmt: skip
+
+    # One at a time: the cursor printed goes on where the listing stopped.
+    page = await hs.ok("deliveries", "list", "--event", event, "--limit", "1")
+    header, row, more = page.out.splitlines()
+    assert header.split()[:3] == ["AT", "DELIVERY", "STATUS"]
+    assert row.split()[2:5] == [newest, "FAILURE", "1"]
+    assert more.startswith("more: --cursor ")
+    rest = await hs.ok(
+        "deliveries", "list", "--event", event, "--cursor", more.split()[-1], "--json"
+    )
+    assert [r["delivery_id"] for r in rest.json()["data"]] == [older]
+
+    bad = await hs.misused("deliveries", "list", "--since", "yesterday")
+    assert bad == (
+        "--since: 'yesterday' is neither a duration (30m, 1h, 2d) nor a date-time with an "
+        "offset (2026-01-31T12:00:00Z)"
+    )
+    assert await hs.misused("deliveries", "list", "--since", "1h", "--until", "2h") == (
+        "--since must be earlier than --until"
+    )
+    assert await hs.fails("deliveries", "list", "--app", "no-such-app") == (
+        "not found: application not found (HTTP 404)"
+    )
 
     # Follow the subscription as the console script does, then retry the first delivery.
     env = {**os.environ, **hs.env}
@@ -431,7 +507,7 @@ async def test_failed_deliveries_list_retry_replay_and_tail(hs: Cli, target: Tar
         assert tail.stderr is not None
         assert tail.stdout is not None
         ready = await asyncio.wait_for(asyncio.to_thread(tail.stderr.readline), 30)
-        assert ready.startswith(f"following subscription {sub['id']}"), ready
+        assert ready.startswith(f"following deliveries of subscription {sub['id']}"), ready
         target.reply("/flaky", 200)
         retried = await hs.ok("retry", first)
         assert retried.out == f"queued: delivery {first} again (manual-retry)\n"
@@ -474,6 +550,225 @@ async def test_failed_deliveries_list_retry_replay_and_tail(hs: Cli, target: Tar
         "not found: no attempts recorded for this delivery (HTTP 404)"
     )
     assert await hs.fails("replay", unknown) == "not found: subscription not found (HTTP 404)"
+
+
+# --- search ---------------------------------------------------------------------------
+
+
+async def test_events_list_filters_and_pages(hs: Cli, operator: httpx.AsyncClient) -> None:
+    uid = f"ev-{uuid.uuid4().hex[:8]}"
+    app = (await operator.post("/applications", json={"uid": uid, "name": "E"})).json()
+    event = kind()
+    published = [
+        (
+            await hs.ok("publish", "--app", uid, "--event", event, "--data", f'{{"n": {n}}}')
+        ).out.split()[2]
+        for n in range(3)
+    ]
+    await hs.ok("publish", "--event", event, "--data", "{}")  # the default application
+
+    listed = (await hs.ok("events", "list", "--event", event, "--app", uid, "--json")).json()
+    assert [e["event_id"] for e in listed["data"]] == published[::-1]
+    assert {(e["application_id"], e["size_bytes"]) for e in listed["data"]} == {(app["id"], 8)}
+    assert listed["next_cursor"] is None
+    by_id = (await hs.ok("events", "list", "--event", event, "--app", app["id"], "--json")).json()
+    assert by_id == listed
+    both = (await hs.ok("events", "list", "--event", event, "--since", "10m", "--json")).json()
+    assert len(both["data"]) == 4
+
+    page = await hs.ok("events", "list", "--event", event, "--app", uid, "--limit", "2")
+    header, *rows, more = page.out.splitlines()
+    assert header.split()[:3] == ["RECEIVED", "EVENT", "TYPE"]
+    assert [r.split()[2] for r in rows] == published[:0:-1]
+    rest = await hs.ok(
+        "events", "list", "--event", event, "--app", uid, "--cursor", more.split()[-1], "--json"
+    )
+    assert [e["event_id"] for e in rest.json()["data"]] == published[:1]
+
+    later = await hs.ok("events", "list", "--event", event, "--since", "2099-01-01T00:00:00Z")
+    assert later.out == "(none)\n"
+    assert await hs.misused("events", "list", "--until", "2026-01-01") == (
+        "--until: '2026-01-01' is neither a duration (30m, 1h, 2d) nor a date-time with an "
+        "offset (2026-01-31T12:00:00Z)"
+    )
+    assert await hs.misused("events", "list", "--limit", "0") == "--limit must be at least 1"
+
+
+async def test_deliveries_list_follows_the_cursor_past_empty_pages(
+    hs: Cli, module_stack: IsolatedStack
+) -> None:
+    """A deliveries page looks at 2,000 attempts at most: 2,000 deliveries that were
+    retrying and succeeded since hide the one still retrying behind an empty page."""
+    sub, event = uuid.uuid4(), kind()
+    base = datetime.now(UTC) - timedelta(hours=3)
+    retrying = uuid.uuid4()
+    rows = [(retrying, base, 1, "FAILED_ATTEMPT")]
+    for n in range(2000):
+        delivery = uuid.uuid4()
+        at = base + timedelta(seconds=1 + n / 1000)
+        rows += [
+            (delivery, at, 1, "FAILED_ATTEMPT"),
+            (delivery, at + timedelta(hours=1), 2, "SUCCESS"),
+        ]
+    conn = await asyncpg.connect(asyncpg_dsn(module_stack.settings()))
+    try:
+        await conn.executemany(
+            "INSERT INTO delivery_attempts (id, created_at, delivery_id, event_id,"
+            " subscription_id, target_url, event_type, attempt_number, status_code, status,"
+            " trigger, first_received_at) VALUES ($1, $2, $3, $4, $5, 'https://t.example/',"
+            " $6, $7, 503, $8, 'ingest', $2)",
+            [(uuid.uuid4(), at, d, uuid.uuid4(), sub, event, n, status)
+             for d, at, n, status in rows],
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    first_page = (
+        await hs.ok("deliveries", "list", "--subscription", str(sub), "--status",
+                    "FAILED_ATTEMPT", "--limit", "5", "--json")
+    ).json()  # fmt: skip
+    assert [(r["delivery_id"], r["status"]) for r in first_page["data"]] == [
+        (str(retrying), "FAILED_ATTEMPT")
+    ]
+    assert first_page["next_cursor"] is None
+
+
+# --- backfill -----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("dispatcher", "janitor")
+async def test_backfill_waits_until_done_and_says_what_it_did(
+    hs: Cli, target: TargetServer
+) -> None:
+    event = kind()
+    for n in range(3):
+        await hs.ok("publish", "--event", event, "--data", f'{{"n": {n}}}')
+    # Created after the events: only a backfill gives it them.
+    sub = (
+        await hs.ok("subscriptions", "create", "--target", target.url("/late"), "--event", event,
+                    "--json")
+    ).json()  # fmt: skip
+
+    done = await hs.ok("backfill", sub["id"], "--since", "5m", "--wait", "--json")
+    state = done.json()
+    assert (state["status"], state["matched"], state["published"]) == ("done", 3, 3)
+    assert state["subscription_id"] == sub["id"]
+    progress = done.err.splitlines()
+    assert progress[0] == f"backfill {state['id']}: waiting until it ends (Ctrl-C stops waiting)"
+    assert progress[-1].startswith("done: ")
+    assert progress[-1].endswith("3 matched, 3 published")
+    got = await target.wait_for(3, "/late")
+    assert sorted(g.body for g in got) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+
+    shown = await hs.ok("backfills", "show", state["id"])
+    assert "status:       done" in shown.out
+    assert "published:    3" in shown.out
+    ended = await hs.ok("backfills", "cancel", state["id"])
+    assert ended.out == (
+        f"backfill {state['id']} had already ended: done: {state['scanned']} events read, "
+        "3 matched, 3 published\n"
+    )
+    delivered = await eventually(
+        lambda: hs("deliveries", "list", "--subscription", sub["id"], "--json"),
+        lambda r: len(r.json()["data"]) == 3,
+    )
+    assert {r["trigger"] for r in delivered.json()["data"]} == {"backfill"}
+
+    # Without --wait: the backfill, at once, still running or already done.
+    started = await hs.ok("backfill", sub["id"], "--since", "5m")
+    assert started.out.startswith("id:")
+    assert "hookstream backfills show " in started.err
+
+
+@pytest.mark.usefixtures("dispatcher", "janitor")
+async def test_a_backfill_cancelled_while_waiting_ends_the_wait_with_an_error(
+    hs: Cli, target: TargetServer, world: DispatchWorld
+) -> None:
+    event = kind()
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await world.produce_events(
+        [
+            EventRecord(
+                event_id=uuid.uuid4(),
+                event_type=event,
+                received_at=datetime.now(UTC),
+                content_type="application/json",
+                body=b'{"n": %d}' % n,
+            )
+            for n in range(15 * BACKFILL_RATE)
+        ]
+    )
+    sub = (
+        await hs.ok("subscriptions", "create", "--target", target.url("/slow"), "--event", event,
+                    "--json")
+    ).json()  # fmt: skip
+    env = {**os.environ, **hs.env}
+    waiting = subprocess.Popen(
+        [HOOKSTREAM, "backfill", sub["id"], "--since", since.isoformat(), "--wait"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert waiting.stderr is not None
+        first = await asyncio.wait_for(asyncio.to_thread(waiting.stderr.readline), 30)
+        backfill_id = first.split()[1].rstrip(":")
+        await eventually(  # under way
+            lambda: hs("backfills", "show", backfill_id, "--json"),
+            lambda r: r.json()["published"] > 0,
+        )
+        cancelled = await hs.ok("backfills", "cancel", backfill_id)
+        assert cancelled.out.startswith(f"backfill {backfill_id} cancelled after ")
+        out, err = await asyncio.to_thread(waiting.communicate, timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 1
+    assert "status:       cancelled" in out
+    lines = err.splitlines()
+    assert lines[-1] == f"hookstream: error: backfill {backfill_id} was cancelled"
+    assert lines[-2].startswith("cancelled: ")
+    assert "Traceback" not in err
+    state = (await hs.ok("backfills", "show", backfill_id, "--json")).json()
+    assert state["status"] == "cancelled"
+    assert state["published"] < 15 * BACKFILL_RATE
+
+
+@pytest.mark.usefixtures("janitor")
+async def test_backfill_refusals_are_one_clear_line(hs: Cli) -> None:
+    unknown = str(uuid.uuid4())
+    assert await hs.fails("backfills", "show", unknown) == (
+        "not found: backfill not found (HTTP 404)"
+    )
+    assert await hs.fails("backfills", "cancel", unknown) == (
+        "not found: backfill not found (HTTP 404)"
+    )
+    assert (await hs.fails("backfills", "show", "nope")).startswith("invalid input: backfill_id:")
+    assert await hs.fails("backfill", unknown, "--since", "1h") == (
+        "not found: subscription not found (HTTP 404)"
+    )
+    sub = (
+        await hs.ok("subscriptions", "create", "--target", "https://example.com/b", "--json")
+    ).json()["id"]
+    assert await hs.misused("backfill", sub, "--since", "last tuesday") == (
+        "--since: 'last tuesday' is neither a duration (30m, 1h, 2d) nor a date-time with an "
+        "offset (2026-01-31T12:00:00Z)"
+    )
+    assert await hs.misused("backfill", sub, "--since", "2026-01-01T00:00:00") == (
+        "--since: '2026-01-01T00:00:00' is neither a duration (30m, 1h, 2d) nor a date-time "
+        "with an offset (2026-01-31T12:00:00Z)"
+    )
+    assert await hs.misused("backfill", sub, "--since", "1h", "--until", "2h") == (
+        "--since must be earlier than --until"
+    )
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    refused = await hs.fails("backfill", sub, "--since", "1h", "--until", future)
+    assert refused.startswith("invalid input: until: must not be in the future"), refused
+    missing = await hs("backfill", sub)
+    assert missing.code == 2
+    assert "the following arguments are required: --since" in missing.err
+    await hs.ok("subscriptions", "update", sub, "--inactive")
+    assert await hs.fails("backfill", sub, "--since", "1h") == (
+        "conflict: this subscription is inactive: activate it to backfill it (HTTP 409)"
+    )
 
 
 # --- failures of the command line itself ----------------------------------------------
