@@ -33,6 +33,7 @@ SECTIONS = (
     "backfill",
     "search",
     "latency",
+    "cluster",
 )
 RESULTS = Path(__file__).parent / "results"
 

@@ -42,7 +42,11 @@ die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 # --- helpers -----------------------------------------------------------------------
 
 pid_alive() { # pidfile
-    [[ -f "$1" ]] && kill -0 "$(head -n1 "$1")" 2>/dev/null
+    [[ -f "$1" ]] || return 1
+    local pid; pid="$(head -n1 "$1")"
+    kill -0 "$pid" 2>/dev/null || return 1
+    # A zombie answers kill -0 until something reaps it; it is not running.
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
 }
 
 port_in_use() { # port
@@ -258,6 +262,7 @@ kafka_fetch() {
 
 kafka_launch() { # dir, with server.properties written and storage formatted
     local dir="$1"
+    rm -f "$dir/kafka.pid"
     [[ -f "$dir/server.log" ]] && mv -f "$dir/server.log" "$dir/server.log.1"
     nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/kafka.pid" \
         "${KAFKA_JAVA[@]}" kafka.Kafka "$dir/server.properties" \
@@ -265,11 +270,20 @@ kafka_launch() { # dir, with server.properties written and storage formatted
     disown || true
 }
 
-kafka_wait() { # name dir port
-    if ! wait_until "$1" 120 kafka_ready "$2" "$3"; then
-        tail -n 30 "$2/server.log" >&2 || true
-        die "$1 did not start within 120s; see $2/server.log"
-    fi
+kafka_wait() { # name dir port: until it answers; stops early if its process died
+    local name="$1" dir="$2" port="$3" deadline=$(( SECONDS + 120 ))
+    until kafka_ready "$dir" "$port"; do
+        if [[ -f "$dir/kafka.pid" ]] && ! pid_alive "$dir/kafka.pid"; then
+            tail -n 30 "$dir/server.log" >&2 || true
+            die "$name exited; see $dir/server.log"
+        fi
+        if (( SECONDS >= deadline )); then
+            tail -n 30 "$dir/server.log" >&2 || true
+            die "$name did not start within 120s; see $dir/server.log"
+        fi
+        sleep 0.2
+    done
+    log "$name is up"
 }
 
 kafka_single_up() {

@@ -34,6 +34,25 @@ def namespace(private: PrivateStack) -> Iterator[PrivateNamespace]:
     ns.down()
 
 
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[PrivateStack]:
+    """PostgreSQL, Redis and a 3-node Kafka cluster of its own (tests/faults/test_cluster.py)."""
+    with private_stack(brokers=3) as stack:
+        yield stack
+
+
+@pytest.fixture
+def cluster_namespace(cluster: PrivateStack) -> Iterator[PrivateNamespace]:
+    """A fresh namespace on the cluster; topics get 3 replicas, 2 in sync (shared.topics)."""
+    cluster.heal()
+    ns = PrivateNamespace(cluster)
+    ns.up()
+    yield ns
+    # A scenario that failed half-way may have left nodes killed or stopped.
+    cluster.heal()
+    ns.down()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if REPORT_LINES:
         terminalreporter.section("fault-injection scenarios")

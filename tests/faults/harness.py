@@ -4,9 +4,11 @@ HTTP targets, a steady load of signed webhooks, and a checker that accounts for 
 One ``FaultRun`` per scenario:
 
 - **services**: ``python -m services.ingest``, one or two ``services.dispatcher`` and one
-  ``services.retry_scheduler``, on a ``PrivateNamespace`` (fresh database and topic prefix
-  on a private PostgreSQL/Redis/Kafka the scenario may stop), retry schedule 1s,2s,3s,
-  publish timeout 2 s (ingest answers 503 quickly when the broker is gone).
+  ``services.retry_scheduler`` (the cluster scenarios: 2 ingest, 3 dispatchers, 2
+  schedulers, the load round-robin over the ingest processes), on a ``PrivateNamespace``
+  (fresh database and topic prefix on a private PostgreSQL/Redis/Kafka the scenario may
+  stop), retry schedule 1s,2s,3s, publish timeout 2 s (ingest answers 503 quickly when
+  the broker is gone).
 - **targets**: aiohttp servers in the test's loop, one port per subscription (the circuit
   breaker is per host:port). Six healthy ones (200 after 20 ms), one flaky (500 on the
   first attempt of an eighth of its deliveries, so retries run all the time), one
@@ -213,6 +215,7 @@ class Answer:
     sent_at: float  # time.monotonic()
     body: bytes
     sub: Sub | None
+    url: str = ""  # the ingest process it went to
     answered_at: float = 0.0
     status: int | None = None  # None: no HTTP answer at all
     error: str | None = None
@@ -223,9 +226,15 @@ class Answer:
 class Load:
     """A steady stream of webhooks into ingest, every answer kept."""
 
-    def __init__(self, ingest: IngestServer, subs: list[Sub], rate: float = RATE) -> None:
-        self.url = ingest.url
-        self.auth = ingest.auth
+    def __init__(
+        self, ingest: IngestServer | list[IngestServer], subs: list[Sub], rate: float = RATE
+    ) -> None:
+        ingests = ingest if isinstance(ingest, list) else [ingest]
+        # Round-robin over these, as a load balancer would; a killed process leaves the
+        # rotation (``drop``) and its unanswered requests are not counted as unexpected.
+        self.urls = [i.url for i in ingests]
+        self.dropped: set[str] = set()
+        self.auth = ingests[0].auth
         self.subs = subs
         self.rate = rate
         self.answers: list[Answer] = []
@@ -298,13 +307,19 @@ class Load:
             headers["Idempotency-Key"] = f"fault-{n}-{uuid.uuid4().hex}"
         return answer, path, headers
 
+    def drop(self, url: str) -> None:
+        """Send nothing more to ``url`` (its process was killed, as a health check would)."""
+        self.dropped.add(url)
+        self.urls = [u for u in self.urls if u != url]
+
     async def _one(self, n: int) -> None:
         answer, path, headers = self._request(n)
+        answer.url = self.urls[n % len(self.urls)]
         self.answers.append(answer)
         assert self._session is not None
         try:
             async with self._session.post(
-                self.url + path, data=answer.body, headers=headers
+                answer.url + path, data=answer.body, headers=headers
             ) as resp:
                 payload = await resp.read()
                 answer.status = resp.status
@@ -342,12 +357,16 @@ class Load:
             if a.sent_at >= start and a.status is not None and a.answered_at <= end
         ]
 
+    def cut_off(self) -> list[Answer]:
+        """Requests that died with an ingest process a scenario killed: no answer, no promise."""
+        return [a for a in self.answers if a.status is None and a.url in self.dropped]
+
     def unexpected(self) -> list[Answer]:
         """Answers that are neither a kept promise, a filter, nor a 503."""
         wrong = []
         for a in self.answers:
             if a.status is None:
-                if a.answered_at:  # finished without an HTTP answer
+                if a.answered_at and a.url not in self.dropped:  # finished without an answer
                     wrong.append(a)
                 continue
             allowed = (200, 503) if a.kind == "unwanted" else (202, 503)
@@ -384,19 +403,28 @@ class Services:
         self.ns = ns
         self.log_dir = log_dir
         self.env = {"HOOKSTREAM_PUBLISH_TIMEOUT": str(PUBLISH_TIMEOUT)}
-        self.ingest: IngestServer | None = None
+        self.ingests: list[IngestServer] = []
         self.dispatchers: list[ServiceProcess] = []
-        self.scheduler: ServiceProcess | None = None
+        self.schedulers: list[ServiceProcess] = []
         self.retired: list[ServiceProcess] = []
         topics = Topics.from_settings(ns.settings())
         settings = ns.settings()
         self.dispatch_partitions = settings.events_partitions + settings.deliveries_partitions
         self.retry_partitions = len(topics.retry_topics) * settings.retry_partitions
 
+    @property
+    def ingest(self) -> IngestServer | None:
+        return self.ingests[0] if self.ingests else None
+
+    @property
+    def scheduler(self) -> ServiceProcess | None:
+        return self.schedulers[0] if self.schedulers else None
+
     def start_ingest(self) -> IngestServer:
-        self.ingest = IngestServer(self.ns, self.log_dir, **self.env)
-        self.ingest.wait_healthy()
-        return self.ingest
+        ingest = IngestServer(self.ns, self.log_dir, **self.env)
+        self.ingests.append(ingest)
+        ingest.wait_healthy()
+        return ingest
 
     def start_dispatcher(self) -> ServiceProcess:
         proc = ServiceProcess(self.ns, "dispatcher", log_dir=self.log_dir, **self.env)
@@ -404,10 +432,9 @@ class Services:
         return proc
 
     def start_scheduler(self) -> ServiceProcess:
-        self.scheduler = ServiceProcess(
-            self.ns, "retry_scheduler", log_dir=self.log_dir, **self.env
-        )
-        return self.scheduler
+        scheduler = ServiceProcess(self.ns, "retry_scheduler", log_dir=self.log_dir, **self.env)
+        self.schedulers.append(scheduler)
+        return scheduler
 
     def kill(self, proc: ServiceProcess) -> None:
         """SIGKILL and reap; the process moves to ``retired``."""
@@ -416,16 +443,13 @@ class Services:
         proc.stop()
         if proc in self.dispatchers:
             self.dispatchers.remove(proc)
-        if proc is self.scheduler:
-            self.scheduler = None
+        if proc in self.schedulers:
+            self.schedulers.remove(proc)
+        self.ingests = [i for i in self.ingests if i.proc is not proc]
         self.retired.append(proc)
 
     def running(self) -> list[ServiceProcess]:
-        procs = [self.ingest.proc] if self.ingest else []
-        procs += self.dispatchers
-        if self.scheduler is not None:
-            procs.append(self.scheduler)
-        return procs
+        return [i.proc for i in self.ingests] + self.dispatchers + self.schedulers
 
     def dead(self) -> list[str]:
         return [p.name for p in self.running() if not p.alive()]
@@ -439,10 +463,12 @@ class Services:
         return len(set(held)) == self.dispatch_partitions == len(held)
 
     def scheduler_ready(self) -> bool:
-        if self.scheduler is None:
+        """Every scheduler has an assignment and together they hold every retry partition."""
+        latest = [assignments(p) for p in self.schedulers]
+        if not latest or not all(latest):
             return False
-        latest = assignments(self.scheduler)
-        return bool(latest) and len(latest[-1]) == self.retry_partitions
+        held = [name for a in latest for name in a[-1]]
+        return len(set(held)) == self.retry_partitions == len(held)
 
     def tails(self, chars: int = 2500) -> str:
         procs = self.running() + self.retired
@@ -554,6 +580,9 @@ async def check(
     wrong = load.unexpected()
     report.unexpected = len(wrong)
     report.notes += [f"unexpected answer: {a}" for a in wrong[:5]]
+    cut_off = load.cut_off()
+    if cut_off:
+        report.notes.append(f"{len(cut_off)} requests died with a killed ingest (no answer)")
     body_of: dict[str, bytes] = {}
     for a in accepted:
         for delivery_id in a.promised:
@@ -649,7 +678,14 @@ class FaultRun:
     """Targets, services and load for one scenario; ``finish`` checks and reports."""
 
     def __init__(
-        self, scenario: str, ns: PrivateNamespace, log_dir: Path, *, dispatchers: int = 1
+        self,
+        scenario: str,
+        ns: PrivateNamespace,
+        log_dir: Path,
+        *,
+        ingests: int = 1,
+        dispatchers: int = 1,
+        schedulers: int = 1,
     ) -> None:
         self.scenario = scenario
         self.ns = ns
@@ -657,7 +693,9 @@ class FaultRun:
         self.targets = Targets()
         self.subs: list[Sub] = []
         self.load: Load | None = None
+        self._ingests = ingests
         self._dispatchers = dispatchers
+        self._schedulers = schedulers
         self._started = time.monotonic()
         self.notes: list[str] = []
 
@@ -665,20 +703,23 @@ class FaultRun:
         self._started = time.monotonic()
         await self.targets.__aenter__()
         try:
-            ingest = await asyncio.to_thread(self.services.start_ingest)
-            self.subs = await self._subscribe(ingest)
+            ingests = [
+                await asyncio.to_thread(self.services.start_ingest) for _ in range(self._ingests)
+            ]
+            self.subs = await self._subscribe(ingests[0])
             # Dispatchers start after the subscriptions exist, so their first cache load
             # has every one of them and fan-out matching is known in advance.
             for _ in range(self._dispatchers):
                 self.services.start_dispatcher()
-            self.services.start_scheduler()
+            for _ in range(self._schedulers):
+                self.services.start_scheduler()
             await wait_until(
                 lambda: self.services.dispatchers_cover_all() and self.services.scheduler_ready(),
                 timeout=60,
                 what="dispatchers and retry scheduler to hold their partitions",
                 details=self.services.tails,
             )
-            self.load = Load(ingest, self.subs)
+            self.load = Load(ingests, self.subs)
             self.load.start()
         except BaseException:
             await self._close()

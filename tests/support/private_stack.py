@@ -3,7 +3,9 @@
 ``PrivateStack`` runs ``deploy/local/stack.sh`` with ``HOOKSTREAM_LOCAL_DIR`` set to a
 temporary directory and its own ports, so stopping its broker or database never touches
 the shared stack other engineers' tests run on. Components are stopped by their own pid
-file (Kafka, Redis) or ``pg_ctl -D <its data dir>`` (PostgreSQL), never by name.
+file (Kafka, Redis) or ``pg_ctl -D <its data dir>`` (PostgreSQL), never by name. With
+``brokers=3`` its Kafka is a 3-node cluster whose nodes a test may kill, stop and start
+one at a time.
 
 ``PrivateNamespace`` is ``IsolatedStack`` pointed at a private stack: a fresh database
 (built by Alembic) and topic prefix, with the environment services are started with.
@@ -50,13 +52,21 @@ def run_stack_sh(local_dir: Path, ports: dict[str, int], *args: str) -> None:
     assert local_dir.resolve() != (ROOT / ".local").resolve()
     env = dict(os.environ)
     env["HOOKSTREAM_LOCAL_DIR"] = str(local_dir)
+    # One node unless the caller says otherwise: `HOOKSTREAM_KAFKA_BROKERS=3 make test`
+    # must not turn every private broker into a cluster on the shared cluster's ports.
+    env["HOOKSTREAM_KAFKA_BROKERS"] = "1"
     env.update({name: str(port) for name, port in ports.items()})
     result = subprocess.run(
         [str(STACK_SH), *args], env=env, capture_output=True, text=True, timeout=180, check=False
     )
     if result.returncode != 0:
-        log = local_dir / "kafka" / "server.log"
-        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        logs = [
+            local_dir / "kafka" / "server.log",
+            *sorted(local_dir.glob("kafka-cluster/*/server.log")),
+        ]
+        tail = "".join(
+            f"{log}:\n{log.read_text(errors='replace')[-2000:]}\n" for log in logs if log.exists()
+        )
         raise RuntimeError(f"stack.sh {' '.join(args)} failed:\n{result.stderr[-3000:]}\n{tail}")
 
 
@@ -83,6 +93,26 @@ def quiet_port(taken: set[int]) -> int:
     raise RuntimeError("no free port in 21000-29999")
 
 
+def quiet_ports(taken: set[int], count: int) -> int:
+    """The first of ``count`` consecutive free quiet ports (a cluster's nodes)."""
+    for _ in range(200):
+        first = quiet_port(taken)
+        rest = range(first + 1, first + count)
+        if all(p in _QUIET_PORTS and p not in taken and _free(p) for p in rest):
+            taken.update(rest)
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports in 21000-29999")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _pg_bin() -> Path:
     for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True):
         return Path(candidate).parent
@@ -90,6 +120,14 @@ def _pg_bin() -> Path:
     if found is None:
         raise RuntimeError("pg_ctl not found (PostgreSQL 15 server binaries)")
     return Path(found).resolve().parent
+
+
+def _stopped(pid: int) -> bool:
+    """True while ``pid`` is stopped by a signal (SIGSTOP)."""
+    try:
+        return "\nState:\tT" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -110,17 +148,23 @@ def _alive(pid: int) -> bool:
 class PrivateStack:
     """stack.sh under ``local_dir`` on ports of its own."""
 
-    def __init__(self, local_dir: Path) -> None:
+    def __init__(self, local_dir: Path, *, brokers: int = 1) -> None:
         assert local_dir.resolve() != (ROOT / ".local").resolve()
         self.local_dir = local_dir
+        self.brokers = brokers
         taken: set[int] = set()
         self.pg_port = quiet_port(taken)
         self.redis_port = quiet_port(taken)
         self.kafka_port = quiet_port(taken)
         self.kafka_controller_port = quiet_port(taken)
+        self.cluster_port = quiet_ports(taken, brokers)
+        self.cluster_controller_port = quiet_ports(taken, brokers)
         self.database_url = f"postgresql+asyncpg://hookstream@127.0.0.1:{self.pg_port}/hookstream"
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.kafka_bootstrap = f"127.0.0.1:{self.kafka_port}"
+        if brokers == 1:
+            self.kafka_bootstrap = f"127.0.0.1:{self.kafka_port}"
+        else:
+            self.kafka_bootstrap = ",".join(f"127.0.0.1:{p}" for p in self.node_ports())
 
     # --- stack.sh -------------------------------------------------------------------
 
@@ -130,6 +174,9 @@ class PrivateStack:
             "HOOKSTREAM_REDIS_PORT": self.redis_port,
             "HOOKSTREAM_KAFKA_PORT": self.kafka_port,
             "HOOKSTREAM_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+            "HOOKSTREAM_KAFKA_BROKERS": self.brokers,
+            "HOOKSTREAM_KAFKA_CLUSTER_PORT": self.cluster_port,
+            "HOOKSTREAM_KAFKA_CLUSTER_CONTROLLER_PORT": self.cluster_controller_port,
         }
 
     def _stack(self, *args: str) -> None:
@@ -144,8 +191,50 @@ class PrivateStack:
         self._stack("down")
 
     def start(self, component: Component) -> None:
-        """Start one stopped component (stack.sh waits until it answers)."""
+        """Start one stopped component (stack.sh waits until it answers). For a cluster,
+        every node that is not running (a node stopped by SIGSTOP counts as running)."""
         self._stack("up", component)
+
+    # --- the nodes of a cluster (brokers > 1) -------------------------------------------
+
+    def node_ports(self) -> list[int]:
+        """Broker ports of nodes 1..N (node ids are 1-based; index 0 is node 1)."""
+        return [self.cluster_port + i for i in range(self.brokers)]
+
+    def node_pid(self, node: int) -> int | None:
+        pid_file = self.local_dir / "kafka-cluster" / f"node-{node}" / "kafka.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def signal_node(self, node: int, sig: signal.Signals) -> int:
+        """Send ``sig`` to node ``node``'s process; returns its pid."""
+        pid = self.node_pid(node)
+        assert pid is not None, f"kafka node {node} is not running"
+        os.kill(pid, sig)
+        return pid
+
+    def end_node(self, node: int, sig: signal.Signals, *, timeout: float = 60) -> None:
+        """SIGKILL or SIGTERM node ``node`` and return once its process is gone."""
+        pid = self.signal_node(node, sig)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.05)
+
+    def heal(self) -> None:
+        """Every node running and not stopped: what a scenario that failed half-way left."""
+        for node in range(1, self.brokers + 1):
+            pid = self.node_pid(node)
+            if pid is not None and _stopped(pid):
+                os.kill(pid, signal.SIGCONT)
+        if not self.running("kafka"):
+            self.start("kafka")
 
     # --- stopping one component -----------------------------------------------------
 
@@ -171,6 +260,8 @@ class PrivateStack:
         pid_file.unlink(missing_ok=True)
 
     def running(self, component: Component) -> bool:
+        if component == "kafka" and self.brokers > 1:
+            return all(self.node_pid(n) is not None for n in range(1, self.brokers + 1))
         if component == "postgres":
             pid_file = self.local_dir / "pg" / "data" / "postmaster.pid"
         else:
@@ -188,12 +279,12 @@ class PrivateStack:
 
 
 @contextlib.contextmanager
-def private_stack() -> Iterator[PrivateStack]:
+def private_stack(*, brokers: int = 1) -> Iterator[PrivateStack]:
     """A private stack in a fresh directory under /tmp, removed afterwards."""
     # Not pytest's tmp_path: its parents are 0700, and PostgreSQL runs as another user.
     local_dir = Path(tempfile.mkdtemp(prefix="hookstream-private-"))
     local_dir.chmod(0o755)
-    stack = PrivateStack(local_dir)
+    stack = PrivateStack(local_dir, brokers=brokers)
     try:
         stack.up()
         yield stack
