@@ -116,7 +116,7 @@ def tracer() -> Tracer:
 # --- context in headers -----------------------------------------------------------------
 
 
-def extract(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> Context:
+def extract(headers: Mapping[str, bytes] | Iterable[tuple[str | bytes, bytes]]) -> Context:
     """The W3C context a Kafka record (or raw ASGI/HTTP header list) carries; an empty
     context (a new trace) when it carries none or a malformed one."""
     carrier: dict[str, str] = {}
