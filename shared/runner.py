@@ -82,7 +82,8 @@ def start_tracing(name: str) -> tracing.Tracing:
     traces, off = tracing.setup(name)
     if off is None:
         get_logger("runner").info("tracing on")
-    elif "not supported" in off:
+    elif off != tracing.NO_ENDPOINT:
+        # An endpoint is set, yet tracing is off: say why.
         get_logger("runner").warning("tracing off", reason=off)
     return traces
 

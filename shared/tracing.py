@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 enabled = False
 
 TRACE_HEADERS = ("traceparent", "tracestate")
+NO_ENDPOINT = "no OTEL_EXPORTER_OTLP_ENDPOINT"  # the usual reason tracing is off
 HTTP_PROTOBUF = "http/protobuf"
 
 _propagator = TraceContextTextMapPropagator()
@@ -45,15 +46,15 @@ _tracer: Tracer = trace.NoOpTracer()
 
 def configured(environ: Mapping[str, str] = os.environ) -> str | None:
     """Why tracing stays off (None: it goes on). Off is the default."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return "OTEL_SDK_DISABLED is true"
-    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
-        return "OTEL_TRACES_EXPORTER is none"
     if not (
         environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     ):
-        return "no OTEL_EXPORTER_OTLP_ENDPOINT"
+        return NO_ENDPOINT
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "OTEL_SDK_DISABLED is true"
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return "OTEL_TRACES_EXPORTER is none"
     protocol = (
         environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -86,7 +87,8 @@ class Tracing:
 
 def setup(service: str, environ: Mapping[str, str] = os.environ) -> tuple[Tracing, str | None]:
     """Start the SDK when an exporter endpoint is configured. Returns the handle and why
-    tracing is off (None when on). The SDK's modules are imported only when it goes on."""
+    tracing is off (None when on). ``environ`` decides on or off; the SDK then reads its
+    settings from the process environment. Its modules are imported only when it goes on."""
     global enabled, _tracer
     off = configured(environ)
     if off is not None:
