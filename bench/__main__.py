@@ -23,6 +23,7 @@ from tests.support.stack import IsolatedStack
 SECTIONS = (
     "ingest",
     "delivery",
+    "tracing",
     "fanout",
     "isolation",
     "janitor",

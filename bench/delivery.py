@@ -472,19 +472,23 @@ def end_to_end(
     via_ingest: bool,
     pace: float | None = None,
     dispatchers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> tuple[float, float, dict[str, float]] | None:
-    """None when ingest cannot be started (its API is being built alongside)."""
+    """None when ingest cannot be started (its API is being built alongside). ``env``:
+    extra environment for the services (bench/tracing.py turns tracing on with it)."""
     asyncio.run(_clear_attempts(stack))
     sink.reset()
     port = free_port()
+    env = env or {}
     with tempfile.TemporaryDirectory() as logs:
         procs = [
-            ServiceProcess(stack, "dispatcher", log_dir=Path(logs)) for _ in range(dispatchers)
+            ServiceProcess(stack, "dispatcher", log_dir=Path(logs), **env)
+            for _ in range(dispatchers)
         ]
         try:
             if via_ingest:
                 ingest = ServiceProcess(
-                    stack, "ingest", log_dir=Path(logs), HOOKSTREAM_HTTP_PORT=str(port)
+                    stack, "ingest", log_dir=Path(logs), HOOKSTREAM_HTTP_PORT=str(port), **env
                 )
                 procs.append(ingest)
                 if not _wait_http(f"http://127.0.0.1:{port}/health", ingest):
