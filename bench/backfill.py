@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from sqlalchemy import text
 
-from bench.delivery import start_dispatcher, stop
+from bench.delivery import drain_rate
 from bench.isolation import _produce
 from shared.kafka import make_consumer
 from shared.records import EventRecord
@@ -118,17 +118,7 @@ def _drain(stack: IsolatedStack, sink: SinkProcess, logs: Path) -> float:
     """Live deliveries/s of N_LIVE preloaded jobs."""
     asyncio.run(_live(stack, sink))
     sink.reset()
-    proc = start_dispatcher(stack, logs, None)
-    try:
-        deadline = time.monotonic() + 300
-        while sink.stats()["unique"] < N_LIVE:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"live jobs not delivered: {sink.stats()}")
-            time.sleep(0.05)
-    finally:
-        stop(proc)
-    stats = sink.stats()
-    return float(N_LIVE / (stats["last"] - stats["first"]))
+    return drain_rate(stack, sink, N_LIVE, logs, "live jobs")
 
 
 def _finished_line(log: str) -> dict[str, Any]:

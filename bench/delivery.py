@@ -282,6 +282,22 @@ def stop(proc: Any) -> None:
         proc.wait(60)
 
 
+def drain_rate(stack: IsolatedStack, sink: SinkProcess, n: int, log_dir: Path, what: str) -> float:
+    """Start a dispatcher, wait until the sink has ``n`` distinct deliveries (at most
+    300 s), stop it; deliveries/s from the sink's first to its last request."""
+    proc = start_dispatcher(stack, log_dir, None)
+    try:
+        deadline = time.monotonic() + 300
+        while sink.stats()["unique"] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not delivered: {sink.stats()}")
+            time.sleep(0.05)
+    finally:
+        stop(proc)
+    stats = sink.stats()
+    return float(n / (stats["last"] - stats["first"]))
+
+
 def delivery_stage(
     stack: IsolatedStack, sink: SinkProcess, n: int, profile: Path | None = None
 ) -> dict[str, float]:

@@ -21,7 +21,6 @@ import asyncio
 import os
 import tempfile
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from bench.delivery import body, start_dispatcher, stop
+from bench.delivery import body, drain_rate
 from shared.kafka import make_consumer
 from shared.records import DeliveryJob, EventRecord
 from shared.topics import Topics
@@ -145,18 +144,9 @@ def _drain(
     n_dead = asyncio.run(_preload(stack, sink, N_HEALTHY, dead_url, rate_limit, ordered))
     sink.reset()
     with tempfile.TemporaryDirectory() as logs:
-        proc = start_dispatcher(stack, Path(logs), None)
-        try:
-            deadline = time.monotonic() + 300
-            while sink.stats()["unique"] < N_HEALTHY:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"healthy jobs not delivered: {sink.stats()}")
-                time.sleep(0.05)
-        finally:
-            stop(proc)
+        rate = drain_rate(stack, sink, N_HEALTHY, Path(logs), "healthy jobs")
     asyncio.run(_skip_leftovers(stack))
-    stats = sink.stats()
-    return N_HEALTHY / (stats["last"] - stats["first"]), n_dead
+    return rate, n_dead
 
 
 async def _preload_ordered(stack: IsolatedStack, sink: SinkProcess, n: int) -> None:
@@ -170,17 +160,7 @@ def _ordered_alone(stack: IsolatedStack, sink: SinkProcess) -> float:
     asyncio.run(_preload_ordered(stack, sink, N_ORDERED))
     sink.reset()
     with tempfile.TemporaryDirectory() as logs:
-        proc = start_dispatcher(stack, Path(logs), None)
-        try:
-            deadline = time.monotonic() + 300
-            while sink.stats()["unique"] < N_ORDERED:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"ordered jobs not delivered: {sink.stats()}")
-                time.sleep(0.05)
-        finally:
-            stop(proc)
-    stats = sink.stats()
-    return N_ORDERED / (stats["last"] - stats["first"])
+        return drain_rate(stack, sink, N_ORDERED, Path(logs), "ordered jobs")
 
 
 def run(stack: IsolatedStack) -> list[dict[str, Any]]:
