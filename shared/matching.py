@@ -51,15 +51,22 @@ def _decode(body: bytes) -> Any:
             return None
 
 
+def unavailable_reason(sub: SubscriptionView | None) -> str | None:
+    """Why nothing at all goes to this subscription now (deleted, inactive), or None."""
+    if sub is None:
+        return "not delivered: subscription no longer exists"
+    if not sub.is_active:
+        return "not delivered: subscription is inactive"
+    return None
+
+
 def not_wanted_reason(
     sub: SubscriptionView | None, event: EventRecord, payload: Payload
 ) -> str | None:
     """Why a targeted event is not delivered to its subscription, or None to deliver.
     A test event goes to its subscription whatever its types and filter say."""
-    if sub is None:
-        return "not delivered: subscription no longer exists"
-    if not sub.is_active:
-        return "not delivered: subscription is inactive"
+    if sub is None or not sub.is_active:
+        return unavailable_reason(sub)
     if event.trigger == TEST_TRIGGER:
         return None
     event_type = event.event_type

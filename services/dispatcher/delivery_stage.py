@@ -46,6 +46,7 @@ from services.dispatcher.streaks import Streak
 from shared import tracing
 from shared.breaker import target_of
 from shared.logging import get_logger
+from shared.matching import unavailable_reason
 from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, IN_FLIGHT_LIMIT, RETRIES
 from shared.models import AttemptStatus, Subscription
 from shared.records import DeliveryJob
@@ -167,11 +168,10 @@ class DeliveryStage:
             ticket.release()
         target_url = sub.target_url if sub is not None else ""
         duration_ms: int | None = None
-        if sub is None:
-            outcome = Outcome.skipped("not delivered: subscription no longer exists")
-        elif not sub.is_active:
-            outcome = Outcome.skipped("not delivered: subscription is inactive")
+        if (unavailable := unavailable_reason(sub)) is not None:
+            outcome = Outcome.skipped(unavailable)
         else:
+            assert sub is not None
             if sub.rate_limit and not await self._within_rate(job, sub.rate_limit):
                 return
             attempted = await self.try_once(job, sub, progress)

@@ -51,6 +51,7 @@ import orjson
 from services.dispatcher.batching import RowWriter
 from services.dispatcher.delivery import Outcome
 from shared.logging import get_logger
+from shared.matching import unavailable_reason
 from shared.records import DeliveryJob
 
 if TYPE_CHECKING:
@@ -408,11 +409,10 @@ class OrderedQueues:
         sub = await stage.cache.get(sub_id, job.application_id)
         target_url = sub.target_url if sub is not None else ""
         duration_ms: int | None = None
-        if sub is None:
-            outcome = Outcome.skipped("not delivered: subscription no longer exists")
-        elif not sub.is_active:
-            outcome = Outcome.skipped("not delivered: subscription is inactive")
+        if (unavailable := unavailable_reason(sub)) is not None:
+            outcome = Outcome.skipped(unavailable)
         else:
+            assert sub is not None
             if sub.rate_limit:
                 wait = stage.rates.reserve(sub_id, sub.rate_limit)
                 if wait is None:
