@@ -25,6 +25,7 @@ events and for jobs), from its histogram.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import os
@@ -32,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +66,7 @@ def row(metric: str, value: float | int, unit: str, note: str = "") -> dict[str,
 @dataclass(slots=True)
 class Sent:
     delivery_id: str
-    due: float
-    accepted: float = 0.0  # the client read the 202
+    accepted: float  # the client read the 202
 
 
 def pct(values: list[float], p: float) -> float:
@@ -117,7 +118,16 @@ def hist_quantile(before: str, after: str, stage: str, q: float) -> float:
 
 
 class Client:
-    """Signed targeted webhooks, paced open loop."""
+    """Signed targeted webhooks, paced open loop.
+
+    The client must not stall itself: a pause in its loop sends the overdue requests in
+    one burst, and the burst, not Hookstream, makes the tail. So during a run it keeps
+    nothing that the garbage collector has to scan again and again: the answers go into
+    flat arrays (a float and a string per webhook), only unfinished requests are kept as
+    tasks, and what existed before the run is frozen out of the collector's sight.
+    Measured: holding the whole run as ``Sent`` objects and done tasks made full
+    collections of this process stop it for ~250 ms every few seconds at 1,500/s.
+    """
 
     def __init__(self, port: int, subs: list[uuid.UUID], secrets: list[str]) -> None:
         self._port = port
@@ -127,25 +137,40 @@ class Client:
 
     async def paced(self, rate: float, seconds: float) -> list[Sent]:
         n = max(1, int(rate * seconds))
-        sent: list[Sent] = []
+        ids = [""] * n
+        accepted = array("d", bytes(8 * n))
         failures: list[str] = []
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            tasks = []
-            start = time.monotonic() + 0.2
-            for i in range(n):
-                due = start + i / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(self._one(session, sent, failures)))
-            await asyncio.gather(*tasks)
+        pending: set[asyncio.Task[None]] = set()
+        gc.collect()
+        gc.freeze()
+        try:
+            # Idle connections are dropped before ingest's own keep-alive timeout
+            # (uvicorn's 5 s) would close them: reusing one the server is closing fails
+            # the request.
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                start = time.monotonic() + 0.2
+                for i in range(n):
+                    delay = start + i / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    task = asyncio.create_task(self._one(session, i, ids, accepted, failures))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.gather(*pending)
+        finally:
+            gc.unfreeze()
         if failures:
             raise RuntimeError(f"{len(failures)} webhooks refused, e.g. {failures[0]}")
-        return sent
+        return [Sent(ids[i], accepted[i]) for i in range(n)]
 
     async def _one(
-        self, session: aiohttp.ClientSession, sent: list[Sent], failures: list[str]
+        self,
+        session: aiohttp.ClientSession,
+        slot: int,
+        ids: list[str],
+        accepted: array[float],
+        failures: list[str],
     ) -> None:
         i = self._n
         self._n += 1
@@ -157,16 +182,18 @@ class Client:
             "x-webhook-event": "order.created",
             "x-hub-signature-256": f"sha256={signature}",
         }
-        record = Sent("", time.time())
         url = f"http://127.0.0.1:{self._port}/ingest/{self._subs[k]}"
-        async with session.post(url, data=payload, headers=headers) as resp:
-            answer = await resp.json()
-            record.accepted = time.time()
+        try:
+            async with session.post(url, data=payload, headers=headers) as resp:
+                answer = await resp.json()
+                accepted[slot] = time.time()
+        except aiohttp.ClientError as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+            return
         if resp.status != 202:
             failures.append(f"{resp.status} {answer}")
             return
-        record.delivery_id = answer["delivery_id"]
-        sent.append(record)
+        ids[slot] = answer["delivery_id"]
 
 
 async def _wait_arrived(sink: SinkProcess, ids: set[str], timeout: float) -> dict[str, float]:

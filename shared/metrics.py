@@ -60,6 +60,12 @@ RECORD_WAIT = Histogram(
     ["stage"],
     buckets=(*_WAIT_BUCKETS, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+GC_PAUSE = Histogram(
+    "hookstream_gc_pause_seconds",
+    "How long one garbage collection stopped the process (event loop included), by generation.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 RETRY_PAUSED_PARTITIONS = Gauge(
     "hookstream_retry_paused_partitions",
     "Tier partitions paused until their head record is due (or a failed publish backs off).",

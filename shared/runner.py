@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import uvloop
 
-from shared import secretbox, tracing
+from shared import gcpauses, secretbox, tracing
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 
@@ -89,9 +89,11 @@ def start_tracing(name: str) -> tracing.Tracing:
 
 
 def start_service(name: str, settings: Settings) -> tracing.Tracing:
-    """What every service does first: logging, the secret keys check, tracing. The
-    caller shuts the returned tracing down once everything else has stopped."""
+    """What every service does first: logging, timing its garbage collections, the secret
+    keys check, tracing. The caller shuts the returned tracing down once everything else
+    has stopped."""
     configure_logging(settings, service=name)
+    gcpauses.watch()
     check_secret_keys(name, settings)
     return start_tracing(name)
 
