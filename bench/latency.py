@@ -28,7 +28,9 @@ import asyncio
 import gc
 import hashlib
 import hmac
+import json
 import os
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -36,17 +38,19 @@ import uuid
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.cpuwait import Sampler, pids_named, waits_between
 from bench.delivery import body, end_to_end
 from bench.targets import rss_mb
 from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, free_port
-from tests.support.stack import IsolatedStack
+from tests.support.stack import ROOT, IsolatedStack
 from tests.support.targets import SinkProcess
 
 SECTION = "latency"
@@ -358,9 +362,16 @@ async def _soak(
         return [rss_mb(p.proc.pid) for p in procs]
 
     start = rss()
+    sampler = Sampler(SOAK_S + 400, cpu_groups(procs, sink))
+    began = time.time()
     sent = await client.paced(rate, SOAK_S)
     arrived = await _wait_arrived(sink, {s.delivery_id for s in sent}, 300)
     end = rss()
+    sampler.stop()
+    samples = await asyncio.to_thread(sampler.result)
+    pauses = slow_collections(procs, began, time.time())
+    broker = broker_pauses(began, time.time())
+    longest = sorted(broker, key=lambda b: -b[1])[:3]
     lat = [(arrived[s.delivery_id] - s.accepted) * 1000 for s in sent if s.delivery_id in arrived]
     lost = len(sent) - len(lat)
     growth = max(100 * (e - s) / s for s, e in zip(start, end, strict=True))
@@ -370,7 +381,17 @@ async def _soak(
         for s in sent
         if s.delivery_id in arrived
     )[-10:]
-    t0 = sent[0].accepted if sent else 0.0
+    t0 = began
+    # The worst webhooks' lifetimes (from a little before their 202 to their arrival):
+    # which processes waited for a CPU meanwhile, and how busy the machine was.
+    waits: dict[str, float] = {}
+    busiest = 0.0
+    for ms, accepted in worst:
+        w, busy = waits_between(samples, accepted - 0.1, accepted + ms / 1000)
+        busiest = max(busiest, busy)
+        for name, waited in w.items():
+            waits[name] = max(waits.get(name, 0.0), waited)
+    mean_busy = statistics.fmean(sm[1] for sm in samples) if samples else 0.0
     return [
         row("soak p50", round(pct(lat, 50), 2), "ms",
             f"{len(sent):,} webhooks over {SOAK_S:.0f} s at {rate:,.0f}/s (a third of "
@@ -380,10 +401,67 @@ async def _soak(
         row("soak max", round(max(lat), 1), "ms",
             "target ≤ 100 ms; the ten worst at s "
             + ", ".join(f"{a - t0:.0f}" for _, a in worst)),
+        row("soak: garbage collections over 50 ms", len(pauses), "",
+            "; ".join(f"{name} gen {gen} {ms:.0f} ms at s {at:.0f}" for name, at, gen, ms in pauses)
+            or "none (hookstream_gc_pause_seconds)"),
+        row("soak: longest broker GC pause", max((ms for _, ms in broker), default=0), "ms",
+            f"{len(broker)} pauses (the dev broker's gc.log); the longest at s "
+            + ", ".join(f"{at:.0f} ({ms:.0f} ms)" for at, ms in longest)
+            if broker else "no gc.log found (broker started before GC logging)"),
+        row("soak: CPU busy, mean / during the worst", round(100 * mean_busy), "%",
+            f"{100 * busiest:.0f} % during the ten worst; run-queue wait then (ms, the "
+            "most in one 0.1 s window around any of them): "
+            + ", ".join(f"{n} {ms:.0f}" for n, ms in sorted(waits.items(), key=lambda w: -w[1]))),
         row("soak RSS growth", round(growth, 1), "%",
             f"ingest {start[0]:.0f}→{end[0]:.0f} MB, dispatcher {start[1]:.0f}→{end[1]:.0f} "
             "MB; target ≤ 10 %"),
     ]  # fmt: skip
+
+
+def slow_collections(
+    procs: list[ServiceProcess], since: float, until: float
+) -> list[tuple[str, float, int, float]]:
+    """(service, seconds after ``since``, generation, ms) of every slow garbage
+    collection the processes logged (shared/gcpauses.py) between the two times."""
+    found = []
+    for proc in procs:
+        for line in proc.log().splitlines():
+            if '"slow garbage collection"' not in line:
+                continue
+            entry = json.loads(line)
+            at = datetime.fromisoformat(entry["timestamp"]).timestamp()
+            if since <= at <= until:
+                found.append((entry["service"], at - since, entry["generation"], entry["took_ms"]))
+    return sorted(found, key=lambda f: f[1])
+
+
+def broker_pauses(since: float, until: float) -> list[tuple[float, float]]:
+    """(seconds after ``since``, ms) of every stop-the-world pause in the dev broker's GC
+    log (deploy/local/stack.sh writes it) between the two times."""
+    found = []
+    for log in sorted((ROOT / ".local" / "kafka").glob("gc.log*")):
+        for line in log.read_text(errors="replace").splitlines():
+            # [2026-12-04T08:35:03.486+0000] GC(123) Pause Young (Normal) (...) 18.191ms
+            if " Pause " not in line or not line.endswith("ms"):
+                continue
+            at = datetime.strptime(line[1:29], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            if since <= at <= until:
+                found.append((at - since, float(line.rsplit(" ", 1)[1][:-2])))
+    return found
+
+
+def cpu_groups(procs: list[ServiceProcess], sink: SinkProcess) -> dict[str, list[int]]:
+    """Every process on the path of a webhook, and the client (this process)."""
+    broker = ROOT / ".local" / "kafka" / "kafka.pid"
+    return {
+        "ingest": [procs[0].proc.pid],
+        "dispatcher": [procs[1].proc.pid],
+        "broker": [int(broker.read_text())] if broker.exists() else [],
+        "postgres": pids_named("postgres"),
+        "redis": pids_named("redis-server"),
+        "sink": [sink.proc.pid],
+        "client": [os.getpid()],
+    }
 
 
 async def _wait_http(port: int, proc: ServiceProcess) -> None:
