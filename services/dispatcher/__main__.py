@@ -114,6 +114,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             delivery,
             drain_timeout=drain_timeout(settings),
             fence=fence,
+            fetch_batch_wait_ms=settings.fetch_batch_wait_ms,
         )
         watching = asyncio.create_task(stalls.run(), name="stall-watch")
         adapting = asyncio.create_task(delivery.limits.run(), name="in-flight-bound")

@@ -34,6 +34,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from services.dispatcher.delivery_stage import DeliveryStage, Progress
 from services.dispatcher.fanout import FanOutStage
 from services.dispatcher.stalls import ZombieFence
+from shared.kafka import FetchPacing
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG, RECORD_WAIT
 from shared.offsets import PartitionOffsets
@@ -114,6 +115,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         *,
         drain_timeout: float,
         fence: ZombieFence | None = None,
+        fetch_batch_wait_ms: int = 0,
     ) -> None:
         self._consumer = consumer
         self._fence = fence
@@ -124,6 +126,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         self._parts: dict[TopicPartition, Partition] = {}
         self._tasks: dict[asyncio.Task[None], Work] = {}
         self._commit_lock = asyncio.Lock()
+        self._pacing = FetchPacing(consumer, fetch_batch_wait_ms)
 
     # --- main loop ----------------------------------------------------------------
 
@@ -159,6 +162,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
                 backoff = min(backoff * 2, _RETRY_MAX)
                 continue
             backoff = _RETRY_FIRST
+            self._pacing.fetched(sum(map(len, batches.values())))
             now_ms = time.time() * 1000
             for tp, records in batches.items():
                 part = self._parts.get(tp)
