@@ -78,8 +78,11 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(0, ge=0, le=1000)
     # The dispatcher's fetch wait while records flow faster than 500/s (shared/kafka.py
     # FetchPacing): each fetch then waits up to this long for 64 KB instead of coming back
-    # with a record or two. Below that rate fetches answer at once. 0: never wait.
-    fetch_batch_wait_ms: int = Field(1, ge=0, le=100)
+    # with a record or two. Below that rate fetches answer at once. 0 (the default): never
+    # wait. 1 saved 18 % of the dispatcher's CPU at 1,500 webhooks/s but cost 3-8 % of the
+    # throughput benches and 1-3 ms of p50 at moderate load (bench/results/
+    # 2026-12-04-fetch-pacing-pairs.md): a choice for CPU-bound hosts at steady load.
+    fetch_batch_wait_ms: int = Field(0, ge=0, le=100)
     # Seconds between polls of the subscription change log (the consistency pass behind
     # the pub/sub push): a lost message costs at most this much staleness.
     subscription_cache_ttl: float = Field(1.0, gt=0)
