@@ -85,7 +85,9 @@ class FetchPacing:
     more than ``BUSY_RECORDS_PER_S`` records arrive a second, each fetch asks the broker
     to wait until it has ``BUSY_FETCH_MIN_BYTES`` or ``wait_ms`` has passed; below that
     rate it answers at once again. Measured at 1,500 webhooks/s with ``wait_ms`` 1:
-    dispatcher CPU 61 to 62 % → 50 to 51 % of a core, broker 27 to 30 % → 26 %.
+    dispatcher CPU 61 to 62 % → 50 to 51 % of a core, broker 27 to 30 % → 26 %. But the
+    throughput benches lost 3 to 8 % with it, so it is off unless
+    ``HOOKSTREAM_FETCH_BATCH_WAIT_MS`` is set (settings.py says when).
 
     aiokafka has no public way to change these after start; its fetcher reads the two
     attributes set here into every fetch request it builds (aiokafka 0.14, pinned in
