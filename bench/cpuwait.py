@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.stack import ROOT
+from bench.stalls import JsonChild
 
 EVERY_S = 0.1
 
@@ -72,26 +71,17 @@ def sample(seconds: float, groups: dict[str, list[int]]) -> list[list[Any]]:
     return samples
 
 
-class Sampler:
+class Sampler(JsonChild):
     """``sample`` in a child process: start it, do the work, ``stop()``, ``result()``."""
 
     def __init__(self, seconds: float, groups: dict[str, list[int]]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.cpuwait", "--seconds", str(seconds)]
-            + [f"{name}={','.join(map(str, pids))}" for name, pids in groups.items() if pids],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        super().__init__(
+            "bench.cpuwait", "--seconds", str(seconds),
+            *(f"{name}={','.join(map(str, pids))}" for name, pids in groups.items() if pids),
+        )  # fmt: skip
 
     def result(self) -> list[list[Any]]:
-        out, _ = self.proc.communicate(timeout=120)
-        assert self.proc.returncode == 0, out
-        parsed: list[list[Any]] = json.loads(out.strip().splitlines()[-1])
+        parsed: list[list[Any]] = super().result()
         return parsed
 
 

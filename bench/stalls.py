@@ -164,33 +164,43 @@ async def watch(seconds: float, targets: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-class Watcher:
-    """``watch`` in a child process for ``seconds``: start it, do the work, ``result()``
+class JsonChild:
+    """A ``python -m <module> ...`` helper in its own process that prints one JSON line
+    when it ends, at its deadline or on SIGTERM: start it, do the work, ``result()``
     (``stop()`` first to end it early)."""
 
-    def __init__(self, seconds: float, targets: dict[str, str]) -> None:
+    def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.stalls", "watch", "--seconds", str(seconds)]
-            + [f"{name}={url}" for name, url in targets.items()],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
         )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> Any:
         out, _ = self.proc.communicate(timeout=120)
         assert self.proc.returncode == 0, out
-        parsed: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return parsed
+        return json.loads(out.strip().splitlines()[-1])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class Watcher(JsonChild):
+    """``watch`` in a child process for ``seconds``."""
+
+    def __init__(self, seconds: float, targets: dict[str, str]) -> None:
+        super().__init__(
+            "bench.stalls", "watch", "--seconds", str(seconds),
+            *(f"{name}={url}" for name, url in targets.items()),
+        )  # fmt: skip
+
+    def result(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = super().result()
+        return parsed
 
 
 def main(argv: list[str]) -> None:
