@@ -363,6 +363,7 @@ async def _soak(
 
     start = rss()
     sampler = Sampler(SOAK_S + 400, cpu_groups(procs, sink))
+    await asyncio.sleep(1.0)  # its interpreter starts before the first webhook does
     began = time.time()
     sent = await client.paced(rate, SOAK_S)
     arrived = await _wait_arrived(sink, {s.delivery_id for s in sent}, 300)
@@ -409,9 +410,11 @@ async def _soak(
             + ", ".join(f"{at:.0f} ({ms:.0f} ms)" for at, ms in longest)
             if broker else "no gc.log found (broker started before GC logging)"),
         row("soak: CPU busy, mean / during the worst", round(100 * mean_busy), "%",
-            f"{100 * busiest:.0f} % during the ten worst; run-queue wait then (ms, the "
-            "most in one 0.1 s window around any of them): "
-            + ", ".join(f"{n} {ms:.0f}" for n, ms in sorted(waits.items(), key=lambda w: -w[1]))),
+            f"{100 * busiest:.0f} % during the ten worst; run-queue wait then (ms over "
+            "one webhook's life, the most for any of the ten; summed over each process's "
+            "threads): "
+            + (", ".join(f"{n} {ms:.0f}" for n, ms in sorted(waits.items(), key=lambda w: -w[1]))
+               or "not sampled")),
         row("soak RSS growth", round(growth, 1), "%",
             f"ingest {start[0]:.0f}→{end[0]:.0f} MB, dispatcher {start[1]:.0f}→{end[1]:.0f} "
             "MB; target ≤ 10 %"),
