@@ -50,7 +50,7 @@ from shared.models import ATTEMPT_COLUMNS, AttemptStatus
 from shared.records import DeliveryJob, EventRecord
 from tests.support.private_stack import PrivateStack, link_main_kafka_libs
 from tests.support.procs import ServiceProcess, free_port
-from tests.support.stack import ROOT, IsolatedStack
+from tests.support.stack import IsolatedStack, dev_broker_pid
 from tests.support.targets import SinkProcess
 
 SECTION = "cluster"
@@ -82,7 +82,7 @@ def kafka_cluster() -> Iterator[PrivateStack]:
 
 def broker_pids(cluster: PrivateStack | None) -> list[int]:
     if cluster is None:
-        return [int((ROOT / ".local" / "kafka" / "kafka.pid").read_text().split()[0])]
+        return [dev_broker_pid()]
     return [pid for n in range(1, BROKERS + 1) if (pid := cluster.node_pid(n)) is not None]
 
 

@@ -50,7 +50,7 @@ from bench.delivery import body, end_to_end
 from bench.targets import rss_mb
 from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, free_port
-from tests.support.stack import ROOT, IsolatedStack
+from tests.support.stack import DEV_KAFKA_DIR, IsolatedStack, dev_broker_pid
 from tests.support.targets import SinkProcess
 
 SECTION = "latency"
@@ -442,7 +442,7 @@ def broker_pauses(since: float, until: float) -> list[tuple[float, float]]:
     """(seconds after ``since``, ms) of every stop-the-world pause in the dev broker's GC
     log (deploy/local/stack.sh writes it) between the two times."""
     found = []
-    for log in sorted((ROOT / ".local" / "kafka").glob("gc.log*")):
+    for log in sorted(DEV_KAFKA_DIR.glob("gc.log*")):
         for line in log.read_text(errors="replace").splitlines():
             # [2026-12-04T08:35:03.486+0000] GC(123) Pause Young (Normal) (...) 18.191ms
             if " Pause " not in line or not line.endswith("ms"):
@@ -455,11 +455,10 @@ def broker_pauses(since: float, until: float) -> list[tuple[float, float]]:
 
 def cpu_groups(procs: list[ServiceProcess], sink: SinkProcess) -> dict[str, list[int]]:
     """Every process on the path of a webhook, and the client (this process)."""
-    broker = ROOT / ".local" / "kafka" / "kafka.pid"
     return {
         "ingest": [procs[0].proc.pid],
         "dispatcher": [procs[1].proc.pid],
-        "broker": [int(broker.read_text())] if broker.exists() else [],
+        "broker": [dev_broker_pid()],
         "postgres": pids_named("postgres"),
         "redis": pids_named("redis-server"),
         "sink": [sink.proc.pid],

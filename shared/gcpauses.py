@@ -5,7 +5,8 @@ full one scans every tracked object that is not frozen, so a heap that grows mak
 pauses grow with it. That shows up as a latency tail nothing else in the process
 explains. Each collection is timed (two clock reads) into
 ``hookstream_gc_pause_seconds{generation}``, and one longer than ``SLOW`` is logged with
-what it scanned, so a pause in a latency graph can be matched to its cause.
+its generation and the CPU it used, so a pause in a latency graph can be matched to its
+cause.
 """
 
 from __future__ import annotations

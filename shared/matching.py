@@ -65,8 +65,9 @@ def not_wanted_reason(
 ) -> str | None:
     """Why a targeted event is not delivered to its subscription, or None to deliver.
     A test event goes to its subscription whatever its types and filter say."""
-    if sub is None or not sub.is_active:
-        return unavailable_reason(sub)
+    if (unavailable := unavailable_reason(sub)) is not None:
+        return unavailable
+    assert sub is not None
     if event.trigger == TEST_TRIGGER:
         return None
     event_type = event.event_type

@@ -29,12 +29,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from tests.support.stack import ROOT, IsolatedStack
+from tests.support.stack import DEV_KAFKA_DIR, ROOT, IsolatedStack
 
 Component = Literal["postgres", "redis", "kafka"]
 
 STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
-MAIN_KAFKA_LIBS = ROOT / ".local" / "kafka" / "libs"
+MAIN_KAFKA_LIBS = DEV_KAFKA_DIR / "libs"
 
 
 def link_main_kafka_libs(local_dir: Path) -> None:

@@ -162,8 +162,10 @@ def _sink_app(delay: float) -> web.Application:
         await request.read()
         now = time.time()
         key = request.headers.get("webhook-id", "")
-        if first.setdefault(key, now) != now:
+        if key in first:
             repeats[key].append(now)
+        else:
+            first[key] = now
         if delay:
             await asyncio.sleep(delay)
         return web.Response(text="ok")
