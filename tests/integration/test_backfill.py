@@ -171,6 +171,9 @@ async def test_cancelling_stops_a_backfill_within_a_second(
         for i in range(3000)
     ]
     await world.produce_events(events)
+    # Fanned out before the subscription exists: a dispatcher lagging behind would deliver
+    # them live (CI saw all 3,000 arrive that way) and the cancel would stop nothing.
+    await world.wait_consumed(world.topics.events)
     sub = (
         await operator.post(
             "/subscriptions/", json={"target_url": target.url("/slow"), "event_types": [event_type]}

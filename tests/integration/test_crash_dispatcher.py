@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from shared.records import DeliveryJob, EventRecord, delivery_id_for
 from tests.support.dispatch import DispatchWorld
@@ -127,16 +127,6 @@ def assigned_partitions(proc: ServiceProcess) -> int:
     return sum(tp.topic.endswith(".deliveries") for tp in assigned(proc))
 
 
-async def end_offsets(world: DispatchWorld, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=world.settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-        return ends
-    finally:
-        await consumer.stop()
-
-
 async def test_sigkill_mid_stream_then_restart_delivers_everything(
     module_stack: IsolatedStack, world: DispatchWorld, tmp_path: Path
 ) -> None:
@@ -190,7 +180,7 @@ async def test_two_dispatchers_share_the_work_and_one_finishes_when_the_other_di
             # The victim left work behind: its partitions' commit points are short of
             # their ends, so whatever completes them is the survivor's doing.
             committed = await world.committed()
-            ends = await end_offsets(world, victim)
+            ends = await world.end_offsets(victim)
             left = sum(ends[tp] - committed.get(tp, 0) for tp in victim)
             print(f"[two] records left uncommitted on the victim's partitions: {left}")
             assert left > 0

@@ -256,6 +256,26 @@ class DispatchWorld:
             await admin.close()
         return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
 
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        await consumer.start()
+        try:
+            ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+            return ends
+        finally:
+            await consumer.stop()
+
+    async def wait_consumed(self, topic: str, timeout: float = 30.0) -> None:
+        """Until the dispatcher has committed everything now in ``topic``: what a test
+        publishes next (a subscription, say) cannot be seen by those records any more."""
+        ends = await self.end_offsets(await self.partitions(topic))
+        async with asyncio.timeout(timeout):
+            while True:
+                committed = await self.committed()
+                if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
+                    return
+                await asyncio.sleep(0.1)
+
     async def committed(self) -> dict[TopicPartition, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
         await admin.start()
