@@ -168,8 +168,10 @@ class Sampler:
 
     pid: int
     metrics_url: str
-    # (time, RSS MB, sockets, requests in flight or None when not scraped)
-    samples: list[tuple[float, float, int, float | None]] = field(default_factory=list)
+    # (time, RSS MB, sockets, requests in flight or None when not scraped, the bound)
+    samples: list[tuple[float, float, int, float | None, float | None]] = field(
+        default_factory=list
+    )
     since: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -183,13 +185,16 @@ class Sampler:
         while not self._stop.wait(SAMPLE_EVERY_S):
             n += 1
             try:
-                in_flight = None
+                in_flight = bound = None
                 if n % METRICS_EVERY == 0:
                     url = self.metrics_url
                     with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
                         page = resp.read().decode()
                     in_flight = sample(page, "hookstream_in_flight_deliveries")
-                self.samples.append((time.time(), rss_mb(self.pid), sockets(self.pid), in_flight))
+                    bound = sample(page, "hookstream_in_flight_limit")
+                self.samples.append(
+                    (time.time(), rss_mb(self.pid), sockets(self.pid), in_flight, bound)
+                )
             except OSError:
                 continue  # still starting, or gone
 
@@ -206,16 +211,20 @@ class Sampler:
         """The scrape with the most requests in flight, and the highest RSS and socket
         count seen."""
         samples = [s for s in self.samples if s[0] >= self.since]
-        scraped = [(s[0], s[1], s[2], s[3]) for s in samples if s[3] is not None]
+        scraped = [s for s in samples if s[3] is not None]
         at = max(scraped, key=lambda s: s[3] or 0.0)
-        busy = [s[3] for s in scraped if s[3]] or [0.0]
+        busy = [s for s in scraped if s[3]] or [(0.0, 0.0, 0, 0.0, 0.0)]
+        # The adaptive bound holds jobs back when nearly every slot of it is taken.
+        full = [s for s in busy if (s[3] or 0.0) >= 0.95 * (s[4] or 0.0)]
         return {
             "in_flight": at[3] or 0.0,
             "rss_at_peak": at[1],
             "sockets_at_peak": at[2],
             "rss_max": max(s[1] for s in samples),
             "sockets_max": max(s[2] for s in samples),
-            "in_flight_median": statistics.median(busy),
+            "in_flight_median": statistics.median(s[3] or 0.0 for s in busy),
+            "bound_median": statistics.median(s[4] or 0.0 for s in busy),
+            "bound_full": len(full) / len(busy),
         }
 
 
@@ -381,6 +390,8 @@ def one_run(stack: IsolatedStack, workdir: Path, shape: Shape) -> dict[str, Any]
         f"[bench] targets {shape.name}: {result['rate']:,.0f} delivered/s "
         f"({result['attempt_rate']:,.0f} first attempts/s), own timeouts "
         f"{result['own_timeouts']:,}, peak in flight {result['peak']['in_flight']:,.0f}, "
+        f"median in flight {result['peak']['in_flight_median']:,.0f} under a bound of "
+        f"{result['peak']['bound_median']:,.0f} (full {result['peak']['bound_full']:.0%}), "
         f"RSS {result['peak']['rss_max']:.0f} MB (warm {result['warm_rss']:.0f}), sockets "
         f"{result['peak']['sockets_max']:,}, connections at the targets {stats['connections']:,}",
         file=sys.stderr,
@@ -488,7 +499,9 @@ def _run_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
             f"apart); {hangs}{run['duplicates']:,} requests beyond the attempt rows; {settled}"),
         row(f"requests in flight at peak, {label}", round(peak["in_flight"]), "requests",
             f"hookstream_in_flight_deliveries scraped every second; median while busy "
-            f"{peak['in_flight_median']:,.0f}; most held open at once by the targets "
+            f"{peak['in_flight_median']:,.0f}; the adaptive bound's median "
+            f"{peak['bound_median']:,.0f}, full (≥ 95 %) in {peak['bound_full']:.0%} of the "
+            f"scrapes; most held open at once by the targets "
             f"{stats['most_open']:,}"),
         row(f"dispatcher RSS at peak, {label}", round(peak["rss_max"]), "MB",
             f"{peak['rss_at_peak']:.0f} MB at the in-flight peak; {run['warm_rss']:.0f} MB "
