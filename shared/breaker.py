@@ -460,12 +460,16 @@ class CircuitBreaker:
         try:
             return await call(self._store)
         except (RedisError, OSError) as exc:
-            self._redis_down_until = now + self._redis_retry
-            log.warning(
-                "breaker state is local to this process: Redis unavailable",
-                error=repr(exc),
-                retry_in=self._redis_retry,
-            )
+            # Calls in flight together fail together (one outage, or one stall of this
+            # process past the client timeout): the first to fail says so, once.
+            first = self._redis_down_until <= now
+            self._redis_down_until = max(self._redis_down_until, now + self._redis_retry)
+            if first:
+                log.warning(
+                    "breaker state is local to this process: Redis unavailable",
+                    error=repr(exc),
+                    retry_in=self._redis_retry,
+                )
             return None
 
     def _remember(self, target: str, snap: BreakerSnapshot, synced_at: float) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from shared.breaker import (
     CLOSED,
@@ -156,6 +157,24 @@ async def test_redis_down_falls_back_to_a_local_breaker_quickly(settings: Settin
         await dead.aclose()
     # After the first failure Redis is not asked again for redis_retry seconds.
     assert time.monotonic() - started < 1.0
+
+
+async def test_calls_failing_together_log_the_outage_once(settings: Settings) -> None:
+    dead = Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5, socket_timeout=0.5
+    )
+    breaker = CircuitBreaker(dead, "p", CONFIG, clock=FakeClock(), redis_retry=5.0)
+    try:
+        with capture_logs() as logs:
+            # Forty deliveries to forty targets ask at once, as after a stall of the
+            # process: one outage, one line (a dispatcher logged forty in one go).
+            allowed = await asyncio.gather(*(breaker.allow(f"t{n}:443") for n in range(40)))
+    finally:
+        await dead.aclose()
+    assert all(allowed)
+    outages = [e for e in logs if e["event"].startswith("breaker state is local")]
+    assert len(outages) == 1, outages
+    assert outages[0]["retry_in"] == 5.0
 
 
 class CountingStore:
