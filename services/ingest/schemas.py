@@ -37,7 +37,8 @@ def _storable(value: str) -> str:
 # Event type names travel in a Kafka header and are matched against the x-webhook-event
 # request header, so they are printable ASCII without spaces; 200 characters is far beyond
 # any real name ("invoice.payment_failed" is 22).
-EventType = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+EVENT_TYPE_PATTERN = r"^[!-~]+$"
+EventType = Annotated[str, Field(min_length=1, max_length=200, pattern=EVENT_TYPE_PATTERN)]
 # The hard ceiling of the schema; the effective limit is HOOKSTREAM_MAX_URL_LENGTH,
 # checked in the service because it is a setting.
 TargetUrl = Annotated[

@@ -376,6 +376,9 @@ async def test_bad_cursors_and_filters_are_a_422_that_says_what_is_wrong(
         {"since": "2026-12-04T10:00:00"},  # RFC 3339 needs an offset
         {"since": iso(NOW), "until": iso(NOW - timedelta(hours=1))},
         {"application_id": "nope"},
+        # No event type looks like these; PostgreSQL refused the NUL with a 500.
+        {"event_type": "order\x00paid"},
+        {"event_type": "order paid"},
     ]
     if path == "/status/deliveries":
         bad_filters += [{"status": "LOST"}, {"subscription_id": "1"}]
@@ -435,7 +438,8 @@ def test_the_dashboard_deliveries_page_filters_and_pages_like_the_api(
                 url = older.group(1).replace("&amp;", "&") if older else None
         assert sorted(seen) == sorted(expected)
         assert len(seen) == len(set(seen))
-        bad = client.get("/ui/deliveries?status=LOST")
-        assert bad.status_code == 422
+        for query in ("status=LOST", "event_type=order%00paid"):
+            bad = client.get(f"/ui/deliveries?{query}")
+            assert bad.status_code == 422, (query, bad.text)
         unknown = client.get("/ui/deliveries?application=no-such-app")
         assert unknown.status_code == 404

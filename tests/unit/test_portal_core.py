@@ -106,6 +106,8 @@ def test_filters_parse_and_round_trip() -> None:
         (None, None, "not-a-uuid", None, None),
         (None, None, None, "yesterday", None),
         (None, None, None, None, "2026-13-01T00:00"),
+        (None, "order\x00paid", None, None, None),
+        (None, "order paid", None, None, None),
     ],
 )
 def test_bad_filters_are_refused(fields: tuple[str | None, ...]) -> None:

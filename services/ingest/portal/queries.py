@@ -9,6 +9,7 @@ plus one index probe each, however many attempts the application has.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -21,6 +22,7 @@ from sqlalchemy.orm import aliased
 
 from services.ingest.errors import Unprocessable
 from services.ingest.pagination import keyset
+from services.ingest.schemas import EVENT_TYPE_PATTERN
 from shared.models import AttemptStatus, DeliveryAttempt
 
 STATUSES = tuple(s.value for s in AttemptStatus)
@@ -72,11 +74,24 @@ def parse_filters(
             raise Unprocessable(["query", "endpoint"], "not an endpoint of this list") from None
     return DeliveryFilters(
         status=status,
-        event_type=(event_type or "").strip() or None,
+        event_type=parse_event_type(event_type),
         endpoint=endpoint_id,
         since=parse_time(since, "since"),
         until=parse_time(until, "until"),
     )
+
+
+def parse_event_type(value: str | None) -> str | None:
+    """The event type field, trimmed; empty filters nothing."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if not re.fullmatch(EVENT_TYPE_PATTERN, value):
+        # No stored event type looks otherwise, and PostgreSQL refuses a NUL outright.
+        raise Unprocessable(
+            ["query", "event_type"], "event_type must be printable ASCII without spaces"
+        )
+    return value
 
 
 def parse_time(value: str | None, field: str) -> datetime | None:

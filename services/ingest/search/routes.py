@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 
 from services.ingest.errors import Unprocessable, error_responses
 from services.ingest.pagination import Cursor, Page
-from services.ingest.schemas import Moment
+from services.ingest.schemas import EVENT_TYPE_PATTERN, Moment
 from services.ingest.search import queries
 from services.ingest.search.schemas import DeliveryRow, EventRow
 from services.ingest.tenancy import Caller
@@ -26,8 +26,11 @@ router = APIRouter(prefix="/status", tags=["status"])
 MAX_LIMIT = 500
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows per page")]
+# Shaped like the event types ingest takes: anything else matches nothing, and a NUL
+# would reach PostgreSQL as an error (schemathesis found the 500).
 EventTypeFilter = Annotated[
-    str | None, Query(min_length=1, max_length=200, description="exact event type")
+    str | None,
+    Query(min_length=1, max_length=200, pattern=EVENT_TYPE_PATTERN, description="exact event type"),
 ]
 Since = Annotated[
     Moment | None,

@@ -18,7 +18,7 @@ from services.ingest import pagination
 from services.ingest.applications.schemas import ApplicationOut
 from services.ingest.applications.service import list_applications, list_keys
 from services.ingest.errors import NotFound, Unprocessable
-from services.ingest.portal.queries import STATUSES, input_value, parse_time
+from services.ingest.portal.queries import STATUSES, input_value, parse_event_type, parse_time
 from services.ingest.redelivery import DEFAULT_REPLAY_WINDOW, stored_event
 from services.ingest.resources import Resources, from_request
 from services.ingest.search.queries import DeliveryFilters, search_deliveries
@@ -361,7 +361,7 @@ async def deliveries_page(
     since_at, until_at = parse_time(since, "since"), parse_time(until, "until")
     typed = {
         "status": (status or "").strip(),
-        "event_type": (event_type or "").strip(),
+        "event_type": parse_event_type(event_type) or "",
         "subscription_id": (subscription_id or "").strip(),
         "application": (application or "").strip(),
         "since": input_value(since_at) or "",
