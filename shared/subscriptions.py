@@ -217,6 +217,9 @@ class SubscriptionCache:
         self._sessions = sessions
         self._redis = redis
         self._channel = change_channel(topic_prefix)
+        # Set while the change listener is subscribed: an announcement made before that
+        # reaches this process only through the next poll.
+        self.listening = asyncio.Event()
         self._interval = poll_interval
         self._max_ids = max_ids
         self._max_app_views = max_app_views
@@ -480,7 +483,7 @@ class SubscriptionCache:
         assert self._redis is not None
         backoff = 0.5
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
                 backoff = 0.5
@@ -488,12 +491,17 @@ class SubscriptionCache:
                 self.invalidate()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":  # the server's confirmation
+                        self.listening.set()
+                    else:
                         self.invalidate()
             except (RedisError, OSError) as exc:
                 log.warning("subscription change listener down", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
+                self.listening.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -484,7 +484,7 @@ async def test_another_process_sees_changes_within_a_second(
 
     try:
         assert await ids() == set()
-        await asyncio.sleep(0.3)  # the listener has subscribed
+        await asyncio.wait_for(other.listening.wait(), 10)
         r = await client.post(
             "/subscriptions/", json={"target_url": "https://e.com/", "event_types": [event_type]}
         )

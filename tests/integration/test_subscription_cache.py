@@ -199,7 +199,7 @@ async def test_a_change_through_redis_is_seen_well_within_a_second(
         app = await add_app(engine)
         sid = await add_sub(engine, app, ["a"])
         assert len(await cache.matching(app, "a")) == 1
-        await asyncio.sleep(0.3)  # the listener has subscribed
+        await asyncio.wait_for(cache.listening.wait(), 10)
         await set_types(engine, sid, ["b"])
         await notify_changed(redis, settings.topic_prefix, sid)
 
