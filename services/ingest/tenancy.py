@@ -22,6 +22,7 @@ Credentials (``Authorization: Bearer …``):
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from services.ingest.applications.keys import KEY_PREFIX
+from services.ingest.applications.schemas import UID_PATTERN
 from services.ingest.auth import key_matches
 from services.ingest.errors import Forbidden, NotFound, Unauthorized
 from services.ingest.resources import from_request
@@ -154,6 +156,9 @@ async def resolve_application(session: AsyncSession, app: str) -> Application:
     try:
         query = query.where(Application.id == uuid.UUID(app))
     except ValueError:
+        if not re.fullmatch(UID_PATTERN, app):
+            # No uid looks like this, and PostgreSQL refuses a NUL with an error.
+            raise NotFound("application not found") from None
         query = query.where(Application.uid == app)
     found = (await session.execute(query.limit(1))).scalar_one_or_none()
     if found is None:

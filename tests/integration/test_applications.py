@@ -115,6 +115,12 @@ async def test_application_crud_and_uid_rules(operator: httpx.AsyncClient) -> No
     r = await operator.post("/applications", json={"uid": uid, "name": "Again"})
     assert r.status_code == 201
     assert (await operator.delete("/applications/default")).status_code == 409
+    # What no uid can be is not found, before PostgreSQL sees it (a NUL was its error).
+    for nothing in ("a%00b", "has%20space", "%C3%A9t%C3%A9"):
+        r = await operator.get(f"/applications/{nothing}")
+        assert r.status_code == 404, (nothing, r.text)
+        r = await operator.get(f"/applications/{nothing}/subscriptions")
+        assert r.status_code == 404, (nothing, r.text)
 
 
 async def test_list_is_newest_first_with_cursors(operator: httpx.AsyncClient) -> None:

@@ -48,12 +48,13 @@ def _small(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+UID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 Uid = Annotated[
     str,
     Field(
         min_length=1,
         max_length=100,
-        pattern=r"^[A-Za-z0-9_.-]+$",
+        pattern=UID_PATTERN,
         description="your own id for this application (e.g. your customer's id); unique",
         examples=["customer-42"],
     ),
