@@ -30,7 +30,6 @@ import hmac
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
+from bench.ingest import WRK
 from services.dispatcher.attempts import attempt_row
 from shared import secretbox
 from shared.db import asyncpg_dsn
@@ -373,7 +373,6 @@ async def _ingest_load(
         return await _collect(world, sink, n, accepted, started, ingested)
 
 
-WRK = shutil.which("wrk")
 WRK_SECONDS = 5
 _WRK_LUA = """
 local targets = {%s}

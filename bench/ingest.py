@@ -31,7 +31,8 @@ from tests.support.broker import IngestServer, TopicProbe
 from tests.support.procs import free_port
 from tests.support.stack import ROOT, IsolatedStack
 
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
+# `make bench` installs it (Makefile: bench-tools); looked up on PATH, never by a fixed path.
+WRK = shutil.which("wrk")
 THREADS = 1
 CONNECTIONS = 32
 DURATION_S = 10
@@ -119,6 +120,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wrk(url: str, script: Path, duration: int) -> dict[str, Any]:
+    if WRK is None:
+        raise RuntimeError("wrk is not on PATH: `make bench` installs it (Debian package wrk)")
     out = subprocess.run(
         [WRK, f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "-s", str(script), url],
         capture_output=True,
