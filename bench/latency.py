@@ -44,8 +44,9 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import text
 
-from bench.cpuwait import Sampler, pids_named, waits_between
+from bench.cpuwait import Sampler, waits_between
 from bench.delivery import body, end_to_end
 from bench.targets import rss_mb
 from tests.support.dispatch import DispatchWorld
@@ -348,7 +349,7 @@ async def _run(
                         )
                     )
             if SOAK_S > 0:
-                rows += await _soak(client, sink, cap / 3, [ingest, dispatcher])
+                rows += await _soak(world, client, sink, cap / 3, [ingest, dispatcher])
     finally:
         dispatcher.stop()
         ingest.stop()
@@ -356,7 +357,11 @@ async def _run(
 
 
 async def _soak(
-    client: Client, sink: SinkProcess, rate: float, procs: list[ServiceProcess]
+    world: DispatchWorld,
+    client: Client,
+    sink: SinkProcess,
+    rate: float,
+    procs: list[ServiceProcess],
 ) -> list[dict[str, Any]]:
     def rss() -> list[float]:
         return [rss_mb(p.proc.pid) for p in procs]
@@ -386,13 +391,17 @@ async def _soak(
     # The worst webhooks' lifetimes (from a little before their 202 to their arrival):
     # which processes waited for a CPU meanwhile, and how busy the machine was.
     waits: dict[str, float] = {}
+    used: dict[str, float] = {}
     busiest = 0.0
     for ms, accepted in worst:
-        w, busy = waits_between(samples, accepted - 0.1, accepted + ms / 1000)
+        w, u, busy = waits_between(samples, accepted - 0.1, accepted + ms / 1000)
         busiest = max(busiest, busy)
         for name, waited in w.items():
             waits[name] = max(waits.get(name, 0.0), waited)
+        for name, ran in u.items():
+            used[name] = max(used.get(name, 0.0), ran)
     mean_busy = statistics.fmean(sm[1] for sm in samples) if samples else 0.0
+    maintenance = await _maintenance(world, began, time.time())
     return [
         row("soak p50", round(pct(lat, 50), 2), "ms",
             f"{len(sent):,} webhooks over {SOAK_S:.0f} s at {rate:,.0f}/s (a third of "
@@ -415,10 +424,40 @@ async def _soak(
             "threads): "
             + (", ".join(f"{n} {ms:.0f}" for n, ms in sorted(waits.items(), key=lambda w: -w[1]))
                or "not sampled")),
+        row("soak: CPU used around the worst", round(sum(used.values())), "ms",
+            "over one webhook's life, the most for any of the ten (softirq: network "
+            "processing no process was charged for; steal: the hypervisor ran another "
+            "guest; other: the rest of the machine's busy time): "
+            + (", ".join(f"{n} {ms:.0f}" for n, ms in sorted(used.items(), key=lambda u: -u[1]))
+               or "not sampled")),
+        row("soak: PostgreSQL autovacuum and autoanalyze", len(maintenance), "runs",
+            "; ".join(maintenance) or "none during the soak"),
         row("soak RSS growth", round(growth, 1), "%",
             f"ingest {start[0]:.0f}→{end[0]:.0f} MB, dispatcher {start[1]:.0f}→{end[1]:.0f} "
             "MB; target ≤ 10 %"),
     ]  # fmt: skip
+
+
+async def _maintenance(world: DispatchWorld, since: float, until: float) -> list[str]:
+    """PostgreSQL's last autovacuum and autoanalyze of each table, when inside the soak
+    (seconds after ``since``): both take a core for a while on their own."""
+    async with world.sessions() as session:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT relname, extract(epoch FROM last_autovacuum) AS vacuum, "
+                    "extract(epoch FROM last_autoanalyze) AS analyze "
+                    "FROM pg_stat_user_tables"
+                )
+            )
+        ).all()
+    found = []
+    for name, vacuum, analyze in rows:
+        for what, at in (("vacuum", vacuum), ("analyze", analyze)):
+            if at is not None and since <= float(at) <= until:
+                after = float(at) - since
+                found.append((after, f"{what} {name} ended at s {after:.0f}"))
+    return [text_ for _, text_ in sorted(found)]
 
 
 def slow_collections(
@@ -453,14 +492,15 @@ def broker_pauses(since: float, until: float) -> list[tuple[float, float]]:
     return found
 
 
-def cpu_groups(procs: list[ServiceProcess], sink: SinkProcess) -> dict[str, list[int]]:
+def cpu_groups(procs: list[ServiceProcess], sink: SinkProcess) -> dict[str, list[int] | str]:
     """Every process on the path of a webhook, and the client (this process)."""
     return {
         "ingest": [procs[0].proc.pid],
         "dispatcher": [procs[1].proc.pid],
         "broker": [dev_broker_pid()],
-        "postgres": pids_named("postgres"),
-        "redis": pids_named("redis-server"),
+        # By name, listed again each second: autovacuum workers start mid-run.
+        "postgres": "@postgres",
+        "redis": "@redis-server",
         "sink": [sink.proc.pid],
         "client": [os.getpid()],
     }

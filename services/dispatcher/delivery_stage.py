@@ -326,7 +326,7 @@ class DeliveryStage:
             outcome = outcome_of_error(exc, timeout=self.settings.delivery_timeout)
         finally:
             elapsed = time.perf_counter() - started
-            limits.release(target.key)
+            limits.release(target.key, elapsed)
         ATTEMPT_SECONDS.observe(elapsed)
         return outcome, int(elapsed * 1000)
 

@@ -7,7 +7,15 @@ import asyncio
 import pytest
 
 from services.dispatcher.batching import GroupCommit
-from services.dispatcher.limits import FLOOR, LAG_HIGH, LAG_LOW, START, LoopLimit, TargetLimits
+from services.dispatcher.limits import (
+    FLOOR,
+    LAG_CEILING,
+    LAG_HIGH,
+    LAG_LOW,
+    START,
+    LoopLimit,
+    TargetLimits,
+)
 
 
 async def test_per_target_bound_holds_and_a_saturated_target_does_not_starve_others() -> None:
@@ -198,6 +206,41 @@ def test_the_loop_bound_shrinks_while_the_loop_lags_and_grows_only_when_it_is_wh
     assert bound.update((LAG_LOW + LAG_HIGH) / 2, full=True) == FLOOR
     # A ceiling below the floor is the ceiling.
     assert LoopLimit(ceiling=8).update(1.0, full=True) == 8
+
+
+def test_slow_attempts_let_the_loop_lag_more_before_the_bound_shrinks() -> None:
+    lag = 0.040  # too much for 2 ms answers, a fifth of a 200 ms one
+    assert LoopLimit(ceiling=4096).update(lag, full=True, attempt=0.002) < START
+    assert LoopLimit(ceiling=4096).update(lag, full=True, attempt=0.200) == START
+    # It grows below the raised low mark (0.4 of the high one), not only below LAG_LOW.
+    assert LoopLimit(ceiling=4096).update(0.015, full=True, attempt=0.200) > START
+    assert LoopLimit(ceiling=4096).update(0.015, full=True, attempt=0.002) == START
+    # However slow the targets, the loop may not lag past the ceiling.
+    assert LoopLimit(ceiling=4096).update(LAG_CEILING * 1.1, full=True, attempt=10.0) < START
+
+
+async def test_the_typical_attempt_is_the_median_so_hanging_requests_do_not_move_it() -> None:
+    limits = TargetLimits(total=4096, per_target=100, adaptive=True)
+    for n in range(100):
+        await limits.acquire("t")
+        # One request in a hundred hangs until its 10 s timeout.
+        limits.release("t", 10.0 if n == 50 else 0.150)
+    limits.adapt(0.0)
+    assert limits.typical_attempt == pytest.approx(0.150)
+    # Later ticks move it a fifth of the way to their median; ticks without attempts
+    # leave it where it is.
+    for _ in range(4):
+        await limits.acquire("t")
+        limits.release("t", 0.050)
+    limits.adapt(0.0)
+    assert limits.typical_attempt == pytest.approx(0.130)
+    limits.adapt(0.0)
+    assert limits.typical_attempt == pytest.approx(0.130)
+    # A release without a request (the breaker said no) says nothing about durations.
+    await limits.acquire("t")
+    limits.release("t")
+    limits.adapt(0.0)
+    assert limits.typical_attempt == pytest.approx(0.130)
 
 
 async def test_lowering_the_bound_revokes_nothing_and_raising_it_admits_the_waiters() -> None:
