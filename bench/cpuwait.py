@@ -10,12 +10,13 @@ process ran: its CPU time; ``/proc/stat`` adds ``softirq`` (network processing n
 process was charged for) and ``steal`` (the hypervisor ran another guest), and the busy
 time left over is ``other`` (processes outside the groups, kernel threads, this sampler).
 
-``python -m bench.cpuwait --seconds S name=PID[,PID...] name=@COMM ...`` samples for S
+``python -m bench.cpuwait --seconds S name=PID[,PID...] name=^PID ...`` samples for S
 seconds (or until SIGTERM) and prints one JSON line: the samples as ``[time, busy share,
-{name: ms waited}, {name: ms of CPU used}]``. ``@COMM`` is every process of that command
-name, listed again each second: PostgreSQL starts autovacuum workers mid-run. It runs in
-its own process so that sampling costs the measured processes nothing but the reads.
-``Sampler`` starts it and reads the answer.
+{name: ms waited}, {name: ms of CPU used}]``. ``^PID`` is that process and its children,
+listed again at every sample: PostgreSQL's postmaster starts autovacuum workers mid-run,
+and one that lived between two listings would count as ``other``. It runs in its own
+process so that sampling costs the measured processes nothing but the reads. ``Sampler``
+starts it and reads the answer.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from typing import Any
 from bench.stalls import JsonChild
 
 EVERY_S = 0.1
-RELIST_EVERY = 10  # samples: a group given by command name is listed again each second
 _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
@@ -62,8 +62,19 @@ def _cpu_times() -> tuple[int, int, int, int]:
     return sum(fields[:8]) - idle, sum(fields[:8]), fields[6], fields[7]
 
 
+def children(pid: int) -> list[int]:
+    """``pid`` and the processes it started (one read per thread of it)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def sample(seconds: float, groups: dict[str, list[int] | str]) -> list[list[Any]]:
-    """``groups``: a name's PIDs, or ``"@comm"`` for every process of that command name."""
+    """``groups``: a name's PIDs, or ``"^PID"`` for that process and its children."""
     stop = False
 
     def _stop(*_: object) -> None:
@@ -72,7 +83,7 @@ def sample(seconds: float, groups: dict[str, list[int] | str]) -> list[list[Any]
 
     def listed() -> dict[str, list[int]]:
         return {
-            name: pids_named(pids[1:]) if isinstance(pids, str) else pids
+            name: children(int(pids[1:])) if isinstance(pids, str) else pids
             for name, pids in groups.items()
         }
 
@@ -88,8 +99,7 @@ def sample(seconds: float, groups: dict[str, list[int] | str]) -> list[list[Any]
     while not stop and time.monotonic() < until:
         next_at += EVERY_S
         time.sleep(max(0.0, next_at - time.monotonic()))
-        if len(samples) % RELIST_EVERY == RELIST_EVERY - 1:
-            pids = listed()
+        pids = listed()
         now = {pid: _counters(pid) for group in pids.values() for pid in group}
         busy, total, softirq, steal = _cpu_times()
         share = (busy - busy0) / (total - total0) if total > total0 else 0.0
@@ -160,10 +170,10 @@ def waits_between(
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cpuwait")
     parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("groups", nargs="+", help="name=PID[,PID...] or name=@COMM")
+    parser.add_argument("groups", nargs="+", help="name=PID[,PID...] or name=^PID")
     args = parser.parse_args(argv)
     groups: dict[str, list[int] | str] = {
-        name: pids if pids.startswith("@") else [int(p) for p in pids.split(",") if p]
+        name: pids if pids.startswith("^") else [int(p) for p in pids.split(",") if p]
         for name, pids in (g.split("=", 1) for g in args.groups)
     }
     print(json.dumps(sample(args.seconds, groups)), flush=True)

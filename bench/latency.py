@@ -46,12 +46,12 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
-from bench.cpuwait import Sampler, waits_between
+from bench.cpuwait import Sampler, pids_named, waits_between
 from bench.delivery import body, end_to_end
 from bench.targets import rss_mb
 from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, free_port
-from tests.support.stack import DEV_KAFKA_DIR, IsolatedStack, dev_broker_pid
+from tests.support.stack import DEV_KAFKA_DIR, IsolatedStack, dev_broker_pid, postmaster_pid
 from tests.support.targets import SinkProcess
 
 SECTION = "latency"
@@ -498,9 +498,10 @@ def cpu_groups(procs: list[ServiceProcess], sink: SinkProcess) -> dict[str, list
         "ingest": [procs[0].proc.pid],
         "dispatcher": [procs[1].proc.pid],
         "broker": [dev_broker_pid()],
-        # By name, listed again each second: autovacuum workers start mid-run.
-        "postgres": "@postgres",
-        "redis": "@redis-server",
+        # The postmaster and its children, listed at every sample: autovacuum workers
+        # start mid-run.
+        "postgres": f"^{postmaster_pid()}",
+        "redis": pids_named("redis-server"),
         "sink": [sink.proc.pid],
         "client": [os.getpid()],
     }

@@ -22,11 +22,17 @@ from shared.topics import ensure_topics
 ROOT = Path(__file__).resolve().parents[2]
 # The local dev broker's directory (deploy/local/stack.sh): its jars, pid file and GC log.
 DEV_KAFKA_DIR = ROOT / ".local" / "kafka"
+DEV_PG_DIR = ROOT / ".local" / "pg"
 
 
 def dev_broker_pid() -> int:
     """The pid of the one-node dev broker that ``make stack-up`` started."""
     return int((DEV_KAFKA_DIR / "kafka.pid").read_text().split()[0])
+
+
+def postmaster_pid() -> int:
+    """The pid of the dev PostgreSQL's postmaster (the first line of its pid file)."""
+    return int((DEV_PG_DIR / "data" / "postmaster.pid").read_text().split()[0])
 
 
 def base_settings() -> Settings:
