@@ -135,7 +135,11 @@ async def test_a_change_through_one_ingest_is_honoured_by_another_and_the_dispat
             r = await operator.patch(f"/subscriptions/{sub}", json={"event_types": ["b"]})
             assert r.status_code == 200
             changed = time.monotonic()
+            # A poll that raced the change was accepted by this ingest; the dispatcher
+            # delivers it unless it has seen the change by then (either is right).
+            raced = 0
             while await targeted("a") != "filtered":
+                raced += 1
                 assert time.monotonic() - changed < 1.0, "second ingest: not seen within 1 s"
                 await asyncio.sleep(0.02)
             assert await targeted("b") == "accepted"
@@ -143,8 +147,10 @@ async def test_a_change_through_one_ingest_is_honoured_by_another_and_the_dispat
     await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - changed)))
     await publish("a", 2)  # no longer wanted
     await publish("b", 3)
-    # Before: the targeted "a" and event 1; after: the targeted "b" and event 3.
+    # Before: the targeted "a" and event 1; after: the targeted "b" and event 3. Event 2
+    # and the filtered "a" never arrive; the polls that raced the change may.
     await target.wait_for(4, timeout=20)
     await asyncio.sleep(1.0)
     bodies = sorted(r.body for r in target.received())
-    assert bodies == [b'{"n": 1}', b'{"n": 3}', b"{}", b"{}"]
+    assert [b for b in bodies if b != b"{}"] == [b'{"n": 1}', b'{"n": 3}']
+    assert 2 <= bodies.count(b"{}") <= 2 + raced, (bodies, raced)
