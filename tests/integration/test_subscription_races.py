@@ -60,9 +60,17 @@ _WAITING_ON_A_LOCK = text(
 
 
 async def _started(sessions: async_sessionmaker[AsyncSession], task: asyncio.Task[None]) -> None:
-    """Until the task is blocked on the row lock (seen by PostgreSQL), or has finished."""
-    async with asyncio.timeout(10), sessions() as probe:
-        while not task.done() and not await probe.scalar(_WAITING_ON_A_LOCK):
+    """Until the task is blocked on the row lock (seen by PostgreSQL), or has finished.
+
+    Each poll is its own transaction: PostgreSQL reads pg_stat_activity once per
+    transaction and answers from that snapshot until it ends, so a probe that looked
+    before the task blocked would never see it block (CI waited out the 10 s that way).
+    """
+    async with asyncio.timeout(10):
+        while not task.done():
+            async with sessions() as probe:
+                if await probe.scalar(_WAITING_ON_A_LOCK):
+                    return
             await asyncio.sleep(0.01)
 
 
