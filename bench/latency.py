@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -38,13 +39,13 @@ import uuid
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from bench.cpuwait import Sampler, pids_named, waits_between
 from bench.delivery import body, end_to_end
@@ -52,7 +53,13 @@ from bench.pacer import Pacer
 from bench.targets import rss_mb
 from tests.support.dispatch import DispatchWorld
 from tests.support.procs import ServiceProcess, free_port
-from tests.support.stack import DEV_KAFKA_DIR, IsolatedStack, dev_broker_pid, postmaster_pid
+from tests.support.stack import (
+    DEV_KAFKA_DIR,
+    DEV_PG_DIR,
+    IsolatedStack,
+    dev_broker_pid,
+    postmaster_pid,
+)
 from tests.support.targets import SinkProcess
 
 SECTION = "latency"
@@ -379,11 +386,13 @@ async def _soak(
     lost = len(sent) - len(lat)
     growth = max(100 * (e - s) / s for s, e in zip(start, end, strict=True))
     # Where the worst pauses fall: the arrival times of the slowest ten, to match with logs.
-    worst = sorted(
-        ((arrived[s.delivery_id] - s.accepted) * 1000, s.accepted)
-        for s in sent
-        if s.delivery_id in arrived
+    slowest = sorted(
+        (s for s in sent if s.delivery_id in arrived),
+        key=lambda s: arrived[s.delivery_id] - s.accepted,
     )[-10:]
+    worst = [((arrived[s.delivery_id] - s.accepted) * 1000, s.accepted) for s in slowest]
+    # Which stage held them (the same breakdown as the paced runs, for these ten only).
+    stages = await breakdown(world, slowest, arrived)
     t0 = began
     # The worst webhooks' lifetimes (from a little before their 202 to their arrival):
     # which processes waited for a CPU meanwhile, and how busy the machine was.
@@ -399,7 +408,13 @@ async def _soak(
             used[name] = max(used.get(name, 0.0), ran)
     mean_busy = statistics.fmean(sm[1] for sm in samples) if samples else 0.0
     _, whole, _ = waits_between(samples, began, ended)
-    maintenance = await _maintenance(world, began, time.time())
+    database = make_url(world.settings.database_url).database or ""
+    maintenance = autovacuum_runs(database, began, time.time())
+    during_worst = [
+        m
+        for m in maintenance
+        if any(m.start <= a + ms / 1000 and m.end >= a - 0.1 for ms, a in worst)
+    ]
     return [
         row("soak p50", round(pct(lat, 50), 2), "ms",
             f"{len(sent):,} webhooks over {SOAK_S:.0f} s at {rate:,.0f}/s (a third of "
@@ -407,8 +422,12 @@ async def _soak(
         row("soak p99", round(pct(lat, 99), 2), "ms", "target ≤ 25 ms"),
         row("soak p99.9", round(pct(lat, 99.9), 2), "ms"),
         row("soak max", round(max(lat), 1), "ms",
-            "target ≤ 100 ms; the ten worst at s "
-            + ", ".join(f"{a - t0:.0f}" for _, a in worst)),
+            f"target ≤ 100 ms; the soak began at {datetime.fromtimestamp(t0, UTC):%H:%M:%S} "
+            "UTC; the ten worst at s " + ", ".join(f"{a - t0:.0f}" for _, a in worst)),
+        row("soak: the ten worst, by stage", round(max(ms for ms, _ in worst), 1), "ms",
+            "the most any of them spent in each stage: "
+            + "; ".join(f"{label} {max(values):.1f} ms"
+                        for label, values in stages.items() if values)),
         row("soak: garbage collections over 50 ms", len(pauses), "",
             "; ".join(f"{name} gen {gen} {ms:.0f} ms at s {at:.0f}" for name, at, gen, ms in pauses)
             or "none (hookstream_gc_pause_seconds)"),
@@ -434,33 +453,61 @@ async def _soak(
             + (", ".join(f"{n} {ms:.0f}" for n, ms in sorted(used.items(), key=lambda u: -u[1]))
                or "not sampled")),
         row("soak: PostgreSQL autovacuum and autoanalyze", len(maintenance), "runs",
-            "; ".join(maintenance) or "none during the soak"),
+            f"{sum(m.cpu_s for m in maintenance):.1f} s of CPU in all (the dev cluster's "
+            f"log); running during the ten worst: "
+            + ("; ".join(f"{m.what} {m.table} s {m.start - t0:.1f} to {m.end - t0:.1f} "
+                         f"({m.cpu_s:.2f} s CPU)" for m in during_worst) or "none")
+            + "; longest: "
+            + ("; ".join(f"{m.what} {m.table} at s {m.start - t0:.0f} "
+                         f"{m.end - m.start:.1f} s ({m.cpu_s:.2f} s CPU)"
+                         for m in sorted(maintenance, key=lambda m: -m.cpu_s)[:3])
+               or "none")),
         row("soak RSS growth", round(growth, 1), "%",
             f"ingest {start[0]:.0f}→{end[0]:.0f} MB, dispatcher {start[1]:.0f}→{end[1]:.0f} "
             "MB; target ≤ 10 %"),
     ]  # fmt: skip
 
 
-async def _maintenance(world: DispatchWorld, since: float, until: float) -> list[str]:
-    """PostgreSQL's last autovacuum and autoanalyze of each table, when inside the soak
-    (seconds after ``since``): both take a core for a while on their own."""
-    async with world.sessions() as session:
-        rows = (
-            await session.execute(
-                text(
-                    "SELECT relname, extract(epoch FROM last_autovacuum) AS vacuum, "
-                    "extract(epoch FROM last_autoanalyze) AS analyze "
-                    "FROM pg_stat_user_tables"
+@dataclass(slots=True)
+class Maintenance:
+    what: str  # "vacuum" or "analyze"
+    table: str
+    start: float
+    end: float
+    cpu_s: float
+
+
+_AUTO = re.compile(r'LOG:  automatic (vacuum|analyze) of table "([^".]+)\.[^".]+\.([^"]+)"')
+_USAGE = re.compile(r"CPU: user: ([\d.]+) s, system: ([\d.]+) s, elapsed: ([\d.]+) s")
+
+
+def autovacuum_runs(database: str, since: float, until: float) -> list[Maintenance]:
+    """Every autovacuum and autoanalyze of ``database`` that ran between the two times,
+    from the dev PostgreSQL's log (deploy/local/stack.sh logs each with its timing: the
+    line is written when it ends, its ``system usage`` says how long it ran)."""
+    log = DEV_PG_DIR / "postgres.log"
+    if not log.exists():
+        return []
+    found: list[Maintenance] = []
+    current: tuple[str, str, float] | None = None
+    for line in log.read_text(errors="replace").splitlines():
+        match = _AUTO.search(line)
+        if match:
+            current = None
+            if match[2] == database:
+                at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+                current = (match[1], match[3], at.replace(tzinfo=UTC).timestamp())
+            continue
+        usage = _USAGE.search(line) if current else None
+        if usage and current:
+            what, table, end = current
+            start = end - float(usage[3])
+            if start <= until and end >= since:
+                found.append(
+                    Maintenance(what, table, start, end, float(usage[1]) + float(usage[2]))
                 )
-            )
-        ).all()
-    found = []
-    for name, vacuum, analyze in rows:
-        for what, at in (("vacuum", vacuum), ("analyze", analyze)):
-            if at is not None and since <= float(at) <= until:
-                after = float(at) - since
-                found.append((after, f"{what} {name} ended at s {after:.0f}"))
-    return [text_ for _, text_ in sorted(found)]
+            current = None
+    return found
 
 
 def slow_collections(
