@@ -10,7 +10,8 @@ path: any status, extra headers (``Retry-After``), a body, a delay.
 tests.support.targets``) so a benchmark's sink does not share the dispatcher's or the
 load generator's event loop. It answers 200 at once (optionally after a fixed delay) and
 keeps, per ``webhook-id``, every arrival time; ``GET /_stats`` and ``GET /_arrivals``
-report them.
+report them. ``bare=True`` serves the same on a bare asyncio protocol (the latency
+bench, where the sink's own CPU would weigh on what it measures).
 
 Only ever binds loopback: nothing here sends or listens beyond this machine.
 """
@@ -27,7 +28,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -150,47 +151,59 @@ class BlackHole:
 # --- the sink as its own process ----------------------------------------------------
 
 
+class _Arrivals:
+    """First arrivals in a dict of strings and floats, which the garbage collector does not
+    track; repeats (rare) in lists. One list per delivery would make every full
+    collection of a long run scan a million objects, stall the sink, and record late
+    arrivals that Hookstream did not cause."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self.repeats: dict[str, list[float]] = defaultdict(list)
+
+    def record(self, key: str) -> None:
+        now = time.time()
+        if key in self.first:
+            self.repeats[key].append(now)
+        else:
+            self.first[key] = now
+
+    def all(self) -> dict[str, list[float]]:
+        return {k: [t, *self.repeats.get(k, ())] for k, t in self.first.items()}
+
+    def stats(self) -> dict[str, Any]:
+        times = [*self.first.values(), *(t for ts in self.repeats.values() for t in ts)]
+        return {
+            "requests": len(times),
+            "unique": len(self.first),
+            "first": min(times) if times else None,
+            "last": max(times) if times else None,
+        }
+
+    def reset(self) -> dict[str, Any]:
+        self.first.clear()
+        self.repeats.clear()
+        return {"reset": True}
+
+
 def _sink_app(delay: float) -> web.Application:
-    # First arrivals in a dict of strings and floats, which the garbage collector does not
-    # track; repeats (rare) in lists. One list per delivery would make every full
-    # collection of a long run scan a million objects, stall the sink, and record late
-    # arrivals that Hookstream did not cause.
-    first: dict[str, float] = {}
-    repeats: dict[str, list[float]] = defaultdict(list)
+    seen = _Arrivals()
 
     async def hook(request: web.Request) -> web.Response:
         await request.read()
-        now = time.time()
-        key = request.headers.get("webhook-id", "")
-        if key in first:
-            repeats[key].append(now)
-        else:
-            first[key] = now
+        seen.record(request.headers.get("webhook-id", ""))
         if delay:
             await asyncio.sleep(delay)
         return web.Response(text="ok")
 
-    def arrivals() -> dict[str, list[float]]:
-        return {k: [t, *repeats.get(k, ())] for k, t in first.items()}
-
     async def stats(_: web.Request) -> web.Response:
-        times = [*first.values(), *(t for ts in repeats.values() for t in ts)]
-        return web.json_response(
-            {
-                "requests": len(times),
-                "unique": len(first),
-                "first": min(times) if times else None,
-                "last": max(times) if times else None,
-            }
-        )
+        return web.json_response(seen.stats())
 
     async def dump(_: web.Request) -> web.Response:
-        return web.json_response(arrivals())
+        return web.json_response(seen.all())
 
     async def reset(_: web.Request) -> web.Response:
-        first.clear()
-        repeats.clear()
-        return web.json_response({"reset": True})
+        return web.json_response(seen.reset())
 
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/_stats", stats)
@@ -200,14 +213,80 @@ def _sink_app(delay: float) -> web.Application:
     return app
 
 
+_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+class _BareSink(asyncio.Protocol):
+    """The sink's hook and control endpoints on a bare ``asyncio.Protocol``: HTTP/1.1
+    keep-alive, ``Content-Length`` bodies, answers written as prepared bytes. For the
+    latency bench, where the sink shares two cores with what it measures: aiohttp's server
+    spent ~90 µs of CPU per request there (bench.latency's CPU per webhook), a sixth of a
+    core at its soak rate."""
+
+    def __init__(self, seen: _Arrivals) -> None:
+        self._seen = seen
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while (end := buffer.find(b"\r\n\r\n")) >= 0:
+            lines = bytes(buffer[:end]).split(b"\r\n")
+            path = lines[0].split(b" ", 2)[1]
+            length, key = 0, b""
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"webhook-id":
+                    key = value.strip()
+            if len(buffer) < end + 4 + length:
+                return
+            del buffer[: end + 4 + length]
+            assert self._transport is not None
+            if path.startswith(b"/_"):
+                self._transport.write(self._control(path))
+            else:
+                self._seen.record(key.decode())
+                self._transport.write(_OK)
+
+    def _control(self, path: bytes) -> bytes:
+        answers = {
+            b"/_stats": self._seen.stats,
+            b"/_arrivals": self._seen.all,
+            b"/_reset": self._seen.reset,
+        }
+        if path not in answers:
+            return b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+        body = json.dumps(answers[path]()).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+
+async def _serve_bare(port: int) -> None:
+    seen = _Arrivals()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _BareSink(seen), LOOPBACK, port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
 class SinkProcess(ChildServer):
     """``python -m tests.support.targets`` on a free loopback port, in its own process."""
 
-    def __init__(self, *, delay_ms: int = 0) -> None:
+    def __init__(self, *, delay_ms: int = 0, bare: bool = False) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.targets", "--port", str(self.port)]
-            + (["--delay-ms", str(delay_ms)] if delay_ms else []),
+            + (["--delay-ms", str(delay_ms)] if delay_ms else [])
+            + (["--bare"] if bare else []),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -248,14 +327,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A fast recording HTTP sink on loopback.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument(
+        "--bare", action="store_true", help="a bare asyncio protocol instead of aiohttp"
+    )
     args = parser.parse_args()
     import uvloop
 
+    if args.bare and args.delay_ms:
+        parser.error("--bare answers at once: no --delay-ms")
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    # Start-up's objects out of every later collection's scan (see _sink_app).
+    # Start-up's objects out of every later collection's scan (see _Arrivals).
     gc.collect()
     gc.freeze()
+    if args.bare:
+        loop.run_until_complete(_serve_bare(args.port))
+        return
     web.run_app(
         _sink_app(args.delay_ms / 1000),
         host=LOOPBACK,
