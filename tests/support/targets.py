@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -152,37 +153,79 @@ class BlackHole:
 
 
 class _Arrivals:
-    """First arrivals in a dict of strings and floats, which the garbage collector does not
-    track; repeats (rare) in lists. One list per delivery would make every full
-    collection of a long run scan a million objects, stall the sink, and record late
-    arrivals that Hookstream did not cause."""
+    """Every arrival as appended bytes, grouped by key only when asked: the ``webhook-id``
+    keys in bytearrays (one per line) and the times in arrays of doubles, both in chunks
+    of ``CHUNK`` arrivals.
+
+    Recording must cost the same at the millionth arrival as at the first. A dict keyed by
+    delivery id rehashes every entry whenever it grows past two thirds of its table: the
+    latency soak's worst webhooks (224 ms and 134 ms "request started → arrival", in two
+    runs) were exactly those that arrived when it held 699,050 and 349,525 entries. A list
+    per delivery would instead make every full collection scan a million objects, and one
+    growing buffer is copied whole when it outgrows its block (7 ms at 30 MB). Chunks of
+    bytes and doubles are never rehashed, never copied whole, never scanned."""
+
+    CHUNK = 65_536
 
     def __init__(self) -> None:
-        self.first: dict[str, float] = {}
-        self.repeats: dict[str, list[float]] = defaultdict(list)
+        self._chunks: list[tuple[bytearray, array[float]]] = []
+        self._keys = bytearray()
+        self._times = array("d")
+        self._count = 0
+        self._first: float | None = None
+        self._last: float | None = None
+        self._unique: set[bytes] = set()
+        self._folded = (0, 0)
+        self.reset()
 
-    def record(self, key: str) -> None:
+    def record(self, key: bytes) -> None:
+        if len(self._times) >= self.CHUNK:
+            self._keys, self._times = bytearray(), array("d")
+            self._chunks.append((self._keys, self._times))
         now = time.time()
-        if key in self.first:
-            self.repeats[key].append(now)
-        else:
-            self.first[key] = now
+        self._keys += key.replace(b"\n", b"") + b"\n"
+        self._times.append(now)
+        self._count += 1
+        self._first = self._first or now
+        self._last = now
+
+    def _pairs(self) -> list[tuple[bytes, float]]:
+        return [
+            (key, at)
+            for keys, times in self._chunks
+            for key, at in zip(bytes(keys).split(b"\n"), times, strict=False)
+        ]
 
     def all(self) -> dict[str, list[float]]:
-        return {k: [t, *self.repeats.get(k, ())] for k, t in self.first.items()}
+        grouped: dict[str, list[float]] = defaultdict(list)
+        for key, at in self._pairs():
+            grouped[key.decode()].append(at)
+        return dict(grouped)
 
     def stats(self) -> dict[str, Any]:
-        times = [*self.first.values(), *(t for ts in self.repeats.values() for t in ts)]
+        # The keys that arrived since the last call join the set of those seen: the
+        # benches poll this while deliveries flow, so a poll costs what is new.
+        while True:
+            keys = self._chunks[self._folded[0]][0]
+            end = len(keys)
+            self._unique.update(bytes(keys[self._folded[1] : end]).split(b"\n")[:-1])
+            if self._folded[0] == len(self._chunks) - 1:
+                self._folded = (self._folded[0], end)
+                break
+            self._folded = (self._folded[0] + 1, 0)
         return {
-            "requests": len(times),
-            "unique": len(self.first),
-            "first": min(times) if times else None,
-            "last": max(times) if times else None,
+            "requests": self._count,
+            "unique": len(self._unique),
+            "first": self._first,
+            "last": self._last,
         }
 
     def reset(self) -> dict[str, Any]:
-        self.first.clear()
-        self.repeats.clear()
+        self._keys, self._times = bytearray(), array("d")
+        self._chunks = [(self._keys, self._times)]
+        self._count, self._first, self._last = 0, None, None
+        self._unique = set()
+        self._folded = (0, 0)  # (chunk, byte) up to which keys are in _unique
         return {"reset": True}
 
 
@@ -191,7 +234,7 @@ def _sink_app(delay: float) -> web.Application:
 
     async def hook(request: web.Request) -> web.Response:
         await request.read()
-        seen.record(request.headers.get("webhook-id", ""))
+        seen.record(request.headers.get("webhook-id", "").encode())
         if delay:
             await asyncio.sleep(delay)
         return web.Response(text="ok")
@@ -252,7 +295,7 @@ class _BareSink(asyncio.Protocol):
             if path.startswith(b"/_"):
                 self._transport.write(self._control(path))
             else:
-                self._seen.record(key.decode())
+                self._seen.record(key)
                 self._transport.write(_OK)
 
     def _control(self, path: bytes) -> bytes:
