@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from tests.support.rawhttp import head_fields
+
 IDLE_S = 2.0
 
 # (slot, status, body) once an answer is read; (slot, None, reason) when the connection
@@ -29,7 +31,17 @@ Answer = Callable[[int, int | None, bytes], None]
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_answer", "_buffer", "_need", "_pool", "_slot", "_transport", "idle_since")
+    __slots__ = (
+        "_answer",
+        "_body_at",
+        "_buffer",
+        "_need",
+        "_pool",
+        "_slot",
+        "_status",
+        "_transport",
+        "idle_since",
+    )
 
     def __init__(self, pool: Pacer, answer: Answer) -> None:
         self._pool = pool
@@ -37,7 +49,11 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._slot = -1
-        self._need = -1  # bytes of a whole answer, once its head has been read
+        # Once an answer's head has been read: its status, where its body starts, and
+        # the bytes of the whole answer.
+        self._status = 0
+        self._body_at = 0
+        self._need = -1
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,15 +76,19 @@ class _Connection(asyncio.Protocol):
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 return
-            self._need = end + 4 + _content_length(bytes(buffer[:end]))
+            start, fields = head_fields(bytes(buffer[:end]))
+            if b"content-length" not in fields:
+                raise ValueError(f"an answer without Content-Length: {start!r}")
+            self._status = int(start[9:12])
+            self._body_at = end + 4
+            self._need = self._body_at + int(fields[b"content-length"])
         if len(buffer) < self._need:
             return
-        status = int(buffer[9:12])
-        body = bytes(buffer[buffer.find(b"\r\n\r\n") + 4 : self._need])
+        body = bytes(buffer[self._body_at : self._need])
         del buffer[: self._need]
         self._need = -1
         slot, self._slot = self._slot, -1
-        self._answer(slot, status, body)
+        self._answer(slot, self._status, body)
         self._pool.release(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -77,14 +97,6 @@ class _Connection(asyncio.Protocol):
         if self._slot >= 0:
             slot, self._slot = self._slot, -1
             self._answer(slot, None, f"connection lost: {exc!r}".encode())
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    raise ValueError(f"an answer without Content-Length: {head[:200]!r}")
 
 
 class Pacer:

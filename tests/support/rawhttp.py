@@ -1,5 +1,6 @@
 """HTTP/1.1 over a bare socket, for requests an HTTP client would refuse to send (header
-bytes that are not ASCII, odd Content-Length values, heads of many megabytes)."""
+bytes that are not ASCII, odd Content-Length values, heads of many megabytes), and the
+head parsing that the bare client and sink of the benches share."""
 
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ def status_of(answer: bytes) -> int | None:
     if not answer.startswith(b"HTTP/1.1 "):
         return None
     return int(answer.split(b" ", 2)[1])
+
+
+def head_fields(head: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """The start line of an HTTP/1.1 head (without its blank line) and its header fields,
+    names lower-cased, values stripped."""
+    start, *lines = head.split(b"\r\n")
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    return start, fields

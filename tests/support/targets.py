@@ -34,6 +34,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from tests.support.procs import ChildServer, free_port
+from tests.support.rawhttp import head_fields
 from tests.support.stack import ROOT
 
 LOOPBACK = "127.0.0.1"
@@ -167,15 +168,16 @@ class _Arrivals:
 
     CHUNK = 65_536
 
+    _chunks: list[tuple[bytearray, array[float]]]
+    _keys: bytearray  # the last chunk's
+    _times: array[float]  # the last chunk's
+    _count: int
+    _first: float | None
+    _last: float | None
+    _unique: set[bytes]
+    _folded: tuple[int, int]  # (chunk, byte) up to which keys are in _unique
+
     def __init__(self) -> None:
-        self._chunks: list[tuple[bytearray, array[float]]] = []
-        self._keys = bytearray()
-        self._times = array("d")
-        self._count = 0
-        self._first: float | None = None
-        self._last: float | None = None
-        self._unique: set[bytes] = set()
-        self._folded = (0, 0)
         self.reset()
 
     def record(self, key: bytes) -> None:
@@ -225,7 +227,7 @@ class _Arrivals:
         self._chunks = [(self._keys, self._times)]
         self._count, self._first, self._last = 0, None, None
         self._unique = set()
-        self._folded = (0, 0)  # (chunk, byte) up to which keys are in _unique
+        self._folded = (0, 0)
         return {"reset": True}
 
 
@@ -278,16 +280,9 @@ class _BareSink(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         while (end := buffer.find(b"\r\n\r\n")) >= 0:
-            lines = bytes(buffer[:end]).split(b"\r\n")
-            path = lines[0].split(b" ", 2)[1]
-            length, key = 0, b""
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"webhook-id":
-                    key = value.strip()
+            start, fields = head_fields(bytes(buffer[:end]))
+            path = start.split(b" ", 2)[1]
+            length = int(fields.get(b"content-length", 0))
             if len(buffer) < end + 4 + length:
                 return
             del buffer[: end + 4 + length]
@@ -295,7 +290,7 @@ class _BareSink(asyncio.Protocol):
             if path.startswith(b"/_"):
                 self._transport.write(self._control(path))
             else:
-                self._seen.record(key)
+                self._seen.record(fields.get(b"webhook-id", b""))
                 self._transport.write(_OK)
 
     def _control(self, path: bytes) -> bytes:
