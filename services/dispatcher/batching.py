@@ -6,10 +6,13 @@ batch size grows with load by itself. A batch waits at most ``window`` after its
 item (or until ``max_items``): at 3,000 attempts/s a 20 ms window makes ~60-row COPYs
 instead of 3,000 single-row transactions.
 
-A flush that fails for a transient reason (database restarting, connection lost) is
+A flush the database refuses because of the rows themselves (bad data, a constraint, a
+row the driver cannot encode) splits the batch in halves to isolate the one bad item,
+which is logged and dropped so it cannot block a partition. Every other failure
+(database restarting, connection lost mid-COPY, a driver left in a confused state) is
 retried with backoff, forever: the items' offsets stay uncommitted meanwhile, so nothing
-is lost and the consumer stalls instead. Any other error splits the batch in halves to
-isolate the one bad item, which is logged and dropped so it cannot block a partition.
+is lost and the consumer stalls instead. The test is "refused", not "transient", because
+an error nobody foresaw must never drop a row the database did not judge.
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ class GroupCommit(Generic[T]):
         name: str,
         flush: Callable[[list[T]], Awaitable[None]],
         *,
-        is_transient: Callable[[BaseException], bool],
+        is_refusal: Callable[[BaseException], bool],
         window: float = 0.02,
         max_items: int = 2000,
     ) -> None:
         self._name = name
         self._flush = flush
-        self._is_transient = is_transient
+        self._is_refusal = is_refusal
         self._window = window
         self._max_items = max_items
         self._items: list[T] = []
@@ -118,7 +121,7 @@ class GroupCommit(Generic[T]):
                 await self._flush(items)
                 return
             except Exception as exc:
-                if not self._is_transient(exc):
+                if self._is_refusal(exc):
                     await self._isolate(items, exc)
                     return
                 log.warning(
@@ -144,18 +147,20 @@ class GroupCommit(Generic[T]):
             await self._flush_until_done(part)
 
 
-def is_transient_db_error(exc: BaseException) -> bool:
-    """Worth retrying the same rows: the database, not the data, is the problem."""
+def is_refused_row(exc: BaseException) -> bool:
+    """The rows, not the database, are the problem: PostgreSQL judged them (invalid data,
+    a constraint, a size limit) or the driver could not encode them (asyncpg raises
+    ValueError, TypeError or OverflowError before sending). Retrying the same rows
+    would fail the same way. A connection that died mid-COPY can surface as
+    ``InternalClientError`` ("cannot switch to state ..."), which is not a refusal."""
     return isinstance(
         exc,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.TooManyConnectionsError
-        | asyncpg.AdminShutdownError
-        | asyncpg.CrashShutdownError,
+        asyncpg.DataError
+        | asyncpg.IntegrityConstraintViolationError
+        | asyncpg.ProgramLimitExceededError
+        | ValueError
+        | TypeError
+        | ArithmeticError,
     )
 
 
@@ -172,7 +177,7 @@ class RowWriter(Generic[T]):
         max_items: int,
     ) -> None:
         self._batch: GroupCommit[T] = GroupCommit(
-            name, flush, is_transient=is_transient_db_error, window=window, max_items=max_items
+            name, flush, is_refusal=is_refused_row, window=window, max_items=max_items
         )
 
     def start(self) -> None:

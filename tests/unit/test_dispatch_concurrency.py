@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
-from services.dispatcher.batching import GroupCommit
+from services.dispatcher.batching import GroupCommit, is_refused_row
 from services.dispatcher.limits import (
     FLOOR,
     LAG_CEILING,
@@ -72,27 +73,20 @@ def _writer(
     flushed: list[list[int]],
     *,
     fail: set[int] | None = None,
-    transient_failures: int = 0,
+    failures: list[Exception] | None = None,
     window: float = 0.01,
     max_items: int = 100,
 ) -> GroupCommit[int]:
-    state = {"transient": transient_failures}
+    pending = list(failures or [])
 
     async def flush(items: list[int]) -> None:
-        if state["transient"]:
-            state["transient"] -= 1
-            raise ConnectionResetError("database went away")
+        if pending:
+            raise pending.pop(0)
         if fail and fail & set(items):
-            raise ValueError("bad row")
+            raise asyncpg.DataError("invalid input syntax for type uuid")
         flushed.append(list(items))
 
-    return GroupCommit(
-        "test",
-        flush,
-        is_transient=lambda exc: isinstance(exc, OSError),
-        window=window,
-        max_items=max_items,
-    )
+    return GroupCommit("test", flush, is_refusal=is_refused_row, window=window, max_items=max_items)
 
 
 async def test_items_added_within_the_window_share_one_flush() -> None:
@@ -117,12 +111,49 @@ async def test_a_full_batch_flushes_before_the_window() -> None:
 
 async def test_transient_failures_retry_the_same_items_until_they_land() -> None:
     flushed: list[list[int]] = []
-    writer = _writer(flushed, transient_failures=2)
+    writer = _writer(flushed, failures=[ConnectionResetError("database went away")] * 2)
     writer.start()
     futures = [writer.add(i) for i in range(3)]
     await asyncio.wait_for(asyncio.gather(*futures), 5)
     assert flushed == [[0, 1, 2]]
     await writer.close(1)
+
+
+async def test_an_unforeseen_failure_is_retried_never_dropped() -> None:
+    # What asyncpg raised when PostgreSQL stopped in the middle of a COPY: a dropped
+    # attempt row once followed it (a delivery reached its target with no SUCCESS row).
+    confused = asyncpg.InternalClientError(
+        "cannot switch to state 21; another operation (2) is in progress"
+    )
+    flushed: list[list[int]] = []
+    writer = _writer(flushed, failures=[confused, RuntimeError("no idea")])
+    writer.start()
+    future = writer.add(1)
+    await asyncio.wait_for(future, 5)
+    assert flushed == [[1]]
+    await writer.close(1)
+
+
+@pytest.mark.parametrize(
+    ("exc", "refused"),
+    [
+        (asyncpg.DataError("invalid input"), True),
+        (asyncpg.UniqueViolationError("duplicate key"), True),
+        (asyncpg.CharacterNotInRepertoireError("invalid byte sequence"), True),
+        (ValueError("invalid UUID 'x'"), True),  # asyncpg encodes rows before sending
+        (TypeError("expected str, got int"), True),
+        (OverflowError("value out of int32 range"), True),
+        (asyncpg.InternalClientError("cannot switch to state 21"), False),
+        (asyncpg.ConnectionDoesNotExistError("closed in the middle of operation"), False),
+        (asyncpg.AdminShutdownError("terminating connection"), False),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), False),
+        (ConnectionRefusedError(111, "Connection refused"), False),
+        (TimeoutError(), False),
+        (RuntimeError("anything else"), False),
+    ],
+)
+def test_only_rows_the_database_judged_are_refused(exc: BaseException, refused: bool) -> None:
+    assert is_refused_row(exc) is refused
 
 
 async def test_a_row_the_database_refuses_is_isolated_and_dropped_alone() -> None:
