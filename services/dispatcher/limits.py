@@ -88,22 +88,39 @@ class LoopLimit:
 
 
 class _Gate:
-    """A FIFO semaphore whose size can change; lowering it revokes nothing, it only
-    stops admitting until enough holders are done."""
+    """The global bound: a semaphore whose size can change, and whose waiters are
+    admitted round-robin across their targets (FIFO within one target). Lowering it
+    revokes nothing; it only stops admitting until enough holders are done.
 
-    __slots__ = ("held", "limit", "waiters")
+    Round-robin, not FIFO, because jobs arrive in bursts per target: one fetch of a
+    partition carries a dozen jobs for each of its targets, and admitted in arrival
+    order they all go at once, each on a connection of its own. Taking turns spreads
+    the bound over the targets that wait, so a target holds about its share of it and
+    keeps that many connections. Measured with 1,000 targets (``bench.targets``, 36,000
+    jobs): slow ones saw 6,100-7,600 connections with FIFO and 3,500-3,800 with turns,
+    instant ones 1,950 and 1,200-1,300. A target alone still gets the whole bound.
+    """
+
+    __slots__ = ("held", "limit", "turns", "waiters")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        # Per target, its waiters in arrival order; ``turns`` the targets waiting, in
+        # the order they are served.
+        self.waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self.turns: deque[str] = deque()
 
-    async def acquire(self) -> None:
+    async def acquire(self, target: str) -> None:
         if self.held < self.limit and not self.waiters:
             self.held += 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
+        queue = self.waiters.get(target)
+        if queue is None:
+            queue = self.waiters[target] = deque()
+            self.turns.append(target)
+        queue.append(waiter)
         self._admit()  # skips waiters cancelled meanwhile (left in place: removal is O(n))
         try:
             await waiter
@@ -121,11 +138,20 @@ class _Gate:
         self._admit()
 
     def _admit(self) -> None:
-        while self.waiters and self.held < self.limit:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                self.held += 1
-                waiter.set_result(None)
+        turns, waiters = self.turns, self.waiters
+        while turns and self.held < self.limit:
+            target = turns.popleft()
+            queue = waiters[target]
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    self.held += 1
+                    waiter.set_result(None)
+                    break
+            if queue:
+                turns.append(target)  # its next waiter goes after everyone else's
+            else:
+                del waiters[target]
 
 
 class _Lane:
@@ -183,7 +209,7 @@ class TargetLimits:
                 self._leave(target, lane)
                 return False
         try:
-            await self._total.acquire()
+            await self._total.acquire(target)
         except BaseException:
             self._give_back(lane)
             self._leave(target, lane)

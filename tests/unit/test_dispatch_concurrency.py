@@ -190,6 +190,32 @@ async def test_close_flushes_what_is_buffered() -> None:
         writer.add(8)
 
 
+async def test_the_global_bound_takes_turns_between_targets() -> None:
+    # One fetch brings a burst of jobs for one target, then one for another: in arrival
+    # order the burst would take every slot (and a connection each) before "b" had one.
+    limits = TargetLimits(total=1, per_target=10)
+    assert await limits.acquire("a")
+    holders: list[str] = ["a"]
+    admitted: list[str] = []
+
+    async def take(target: str, n: int) -> None:
+        await limits.acquire(target)
+        holders.append(target)
+        admitted.append(f"{target}{n}")
+
+    tasks = [asyncio.create_task(take("a", n)) for n in range(3)]
+    tasks.append(asyncio.create_task(take("b", 0)))
+    await asyncio.sleep(0)
+    while holders:
+        limits.release(holders.pop(0))
+        for _ in range(3):
+            await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert admitted == ["a0", "b0", "a1", "a2"]
+    assert limits.in_flight == 0
+    assert limits.active_targets() == 0
+
+
 async def test_waiters_give_up_on_a_stalled_target_only() -> None:
     limits = TargetLimits(total=10, per_target=1, patience=0.2)
     # Stalled: the one slot is held and nothing finishes.
