@@ -178,7 +178,8 @@ async def test_calls_failing_together_log_the_outage_once(settings: Settings) ->
 
 
 class CountingStore:
-    """Wraps a store's script: how many round trips, and how many at once at most."""
+    """Wraps a store's scripts: how many transitions (``calls``) and how many at once at
+    most, and how many batched reads (``reads``)."""
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         store = breaker._store
@@ -186,7 +187,8 @@ class CountingStore:
         self.calls = 0
         self.out = 0
         self.most = 0
-        script = store._script
+        self.reads = 0
+        script, read_script = store._script, store._read_script
 
         async def counted(*args: object, **kwargs: object) -> object:
             self.calls += 1
@@ -197,7 +199,59 @@ class CountingStore:
             finally:
                 self.out -= 1
 
+        async def counted_read(*args: object, **kwargs: object) -> object:
+            self.reads += 1
+            return await read_script(*args, **kwargs)
+
         store._script = counted  # type: ignore[assignment]
+        store._read_script = counted_read  # type: ignore[assignment]
+
+
+async def test_stale_closed_views_are_read_back_together(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    # A thousand healthy targets each went stale once a second, and each cost a script
+    # call of its own: round trips grew with the targets, not with the deliveries.
+    clock = FakeClock()
+    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock, sync_interval=1.0)
+    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock, sync_interval=1.0)
+    wire = CountingStore(b)
+    targets = [f"t{n}.example:80" for n in range(200)]
+    assert all(await asyncio.gather(*(b.allow(t) for t in targets)))
+    assert (wire.calls, wire.reads) == (0, 1), "200 unseen targets: one read, no transition"
+
+    for _ in range(CONFIG.failure_threshold):  # another process opens one of them
+        await a.record(targets[7], ok=False)
+    clock.now += 1.0  # every view of b's is stale
+    answers = await asyncio.gather(*(b.allow(t) for t in targets))
+    assert [n for n, allowed in enumerate(answers) if not allowed] == [7]
+    assert b.state(targets[7]) is BreakerState.OPEN
+    assert wire.reads == 2
+    assert wire.calls == 1, "only the target that is not plainly closed takes its own call"
+
+    # Successes on stale closed views reset nothing anywhere: no transition either.
+    clock.now += 1.0
+    await asyncio.gather(*(b.record(t, ok=True) for t in targets if t != targets[7]))
+    assert (wire.calls, wire.reads) == (1, 3)
+
+
+async def test_a_failed_batched_read_falls_back_to_one_call_per_target(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock)
+    wire = CountingStore(b)
+    store = b._store
+    assert store is not None
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise ValueError("not what the script returns")
+
+    store._read_script = broken  # type: ignore[assignment]
+    with capture_logs() as logs:
+        assert all(await asyncio.gather(*(b.allow(f"u{n}:80") for n in range(3))))
+    assert wire.calls == 3
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["breaker states not read"]
 
 
 async def test_a_burst_of_timeouts_costs_a_couple_of_round_trips_not_one_each(
