@@ -467,13 +467,16 @@ class CircuitBreaker:
         unavailable: the caller takes the one-target path, which handles both."""
         if self._store is None or now < self._redis_down_until:
             return False
+        before = self._known.get(target)
         future = self._reading.get(target)
         if future is None:
             future = self._reading[target] = asyncio.get_running_loop().create_future()
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read_batches(), name="breaker-read")
         snap = await asyncio.shield(future)
-        if snap != CLOSED:
+        if snap != CLOSED or self._known.get(target) is not before:
+            # Not plainly closed; or a transition of this process's (a failure, the
+            # breaker opening) landed while the batch was out, newer than what it read.
             return False
         self._remember(target, CLOSED, now)
         return True

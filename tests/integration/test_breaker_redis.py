@@ -52,10 +52,19 @@ def prefix(settings: Settings) -> str:
     return f"{settings.topic_prefix}-br{secrets.token_hex(3)}"
 
 
+def two_processes(
+    redis_pair: tuple[Redis, Redis], prefix: str, clock: FakeClock, sync_interval: float = 1.0
+) -> tuple[CircuitBreaker, CircuitBreaker]:
+    """The breakers of two dispatcher processes, one Redis client each, one clock."""
+    return (
+        CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock, sync_interval=sync_interval),
+        CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock, sync_interval=sync_interval),
+    )
+
+
 async def test_two_processes_see_one_breaker(redis_pair: tuple[Redis, Redis], prefix: str) -> None:
     clock = FakeClock()
-    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock)
-    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock)
+    a, b = two_processes(redis_pair, prefix, clock)
     target = "dead.example:443"
     # Failures counted by both processes add up to one run.
     await a.record(target, ok=False)
@@ -79,8 +88,7 @@ async def test_exactly_one_probe_among_concurrent_callers(
     redis_pair: tuple[Redis, Redis], prefix: str
 ) -> None:
     clock = FakeClock()
-    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock)
-    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock)
+    a, b = two_processes(redis_pair, prefix, clock)
     target = "flaky.example:8443"
     for _ in range(CONFIG.failure_threshold):
         await a.record(target, ok=False)
@@ -93,8 +101,7 @@ async def test_a_closed_view_is_trusted_for_sync_interval_only(
     redis_pair: tuple[Redis, Redis], prefix: str
 ) -> None:
     clock = FakeClock()
-    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock, sync_interval=1.0)
-    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock, sync_interval=1.0)
+    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
     target = "t.example:80"
     assert await b.allow(target)  # b learns "closed" from Redis
     for _ in range(CONFIG.failure_threshold):
@@ -213,8 +220,7 @@ async def test_stale_closed_views_are_read_back_together(
     # A thousand healthy targets each went stale once a second, and each cost a script
     # call of its own: round trips grew with the targets, not with the deliveries.
     clock = FakeClock()
-    a = CircuitBreaker(redis_pair[0], prefix, CONFIG, clock=clock, sync_interval=1.0)
-    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock, sync_interval=1.0)
+    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
     wire = CountingStore(b)
     targets = [f"t{n}.example:80" for n in range(200)]
     assert all(await asyncio.gather(*(b.allow(t) for t in targets)))
@@ -235,19 +241,44 @@ async def test_stale_closed_views_are_read_back_together(
     assert (wire.calls, wire.reads) == (1, 3)
 
 
+async def test_a_batched_read_never_overwrites_a_newer_transition(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    # A batch reads "closed", and this process opens the breaker before it is back.
+    target, clock = "t.example:80", FakeClock()
+    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock)
+    assert await b.allow(target)
+    clock.now += 1.0  # b's view is stale
+    assert b._store is not None
+    read, was_read, release = b._store._read_script, asyncio.Event(), asyncio.Event()
+
+    async def read_then_wait(*args: object, **kwargs: object) -> object:
+        rows = await read(*args, **kwargs)  # type: ignore[arg-type]
+        was_read.set()  # "closed", as Redis still says
+        await release.wait()
+        return rows
+
+    b._store._read_script = read_then_wait  # type: ignore[assignment]
+    asking = asyncio.create_task(b.allow(target))
+    await was_read.wait()
+    for _ in range(CONFIG.failure_threshold):  # meanwhile this process opens it
+        await b.record(target, ok=False)
+    assert b.state(target) is BreakerState.OPEN
+    release.set()
+    assert not await asking, "the read was older than the breaker opening"
+    assert b.state(target) is BreakerState.OPEN
+
+
 async def test_a_failed_batched_read_falls_back_to_one_call_per_target(
     redis_pair: tuple[Redis, Redis], prefix: str
 ) -> None:
-    clock = FakeClock()
-    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=clock)
-    wire = CountingStore(b)
-    store = b._store
-    assert store is not None
-
     async def broken(*args: object, **kwargs: object) -> object:
         raise ValueError("not what the script returns")
 
-    store._read_script = broken  # type: ignore[assignment]
+    b = CircuitBreaker(redis_pair[1], prefix, CONFIG, clock=FakeClock())
+    wire = CountingStore(b)
+    assert b._store is not None
+    b._store._read_script = broken  # type: ignore[assignment]
     with capture_logs() as logs:
         assert all(await asyncio.gather(*(b.allow(f"u{n}:80") for n in range(3))))
     assert wire.calls == 3
