@@ -472,6 +472,10 @@ def outcome_of(statuses: list[str]) -> str:
     return "failure" if "FAILURE" in statuses else "retrying"
 
 
+# What a repeated shape reports: its rate, what it lost, and its CPU.
+_REPEAT_ROWS = ("deliveries/s", "timeouts of", "jobs delivered", "dispatcher CPU")
+
+
 def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
     """A run's rows; a repeated shape's (``repeat`` ≥ 1) give its rate, what it lost and
     its CPU only."""
@@ -528,8 +532,7 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"over {run['busy']:.0f} s: dispatcher {run['cpu']['dispatcher'] / run['busy']:.0%}"
             f" of a core, targets process {run['cpu']['targets'] / run['busy']:.0%}"),
     ]  # fmt: skip
-    # Repeats: deliveries/s, own timeouts, jobs delivered and CPU per delivery.
-    return [rows[i] for i in (0, 1, 2, 7)] if repeat else rows
+    return [r for r in rows if r["metric"].startswith(_REPEAT_ROWS)] if repeat else rows
 
 
 def rows_for(runs: dict[Shape, list[dict[str, Any]]]) -> list[dict[str, Any]]:

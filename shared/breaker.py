@@ -250,7 +250,8 @@ def _text(value: bytes | str | int) -> str:
 
 
 def _snapshot(fields: list[bytes | str | None]) -> BreakerSnapshot:
-    """A stored hash's fields as the Lua reads them: a missing one is its default."""
+    """State, failures, since, opened_at, probe_at as a script returns them (the
+    transition script fills in defaults; the read script leaves a missing field nil)."""
     state, failures, since, opened_at, probe_at = (None if v is None else _text(v) for v in fields)
     return BreakerSnapshot(
         state=BreakerState(state or "closed"),
@@ -305,15 +306,7 @@ class RedisBreakerStore:
             count,
         ]
         raw = await self._script(keys=[breaker_key(self._prefix, target)], args=args)
-        state, failures, since, opened_at, probe_at, allowed = (_text(v) for v in raw)
-        snap = BreakerSnapshot(
-            state=BreakerState(state),
-            failures=int(failures),
-            since=float(since),
-            opened_at=float(opened_at),
-            probe_at=float(probe_at),
-        )
-        return allowed == "1", snap
+        return _text(raw[5]) == "1", _snapshot(raw[:5])
 
 
 @dataclass(slots=True)
@@ -418,23 +411,15 @@ class CircuitBreaker:
         """Count the outcome of a request: ``ok`` for a 2xx-class answer."""
         now = self._clock()
         known = self._known.get(target)
-        if (
-            ok
-            and known is not None
-            and known.snapshot == CLOSED
-            and now - known.synced_at < self._sync_interval
-        ):
-            # Nothing to reset as far as we know: skip the round trip on the hot path.
-            # A run of failures another process began in the last sync_interval is not
-            # reset by this success; it still needs threshold failures within window.
-            return
-        if (
-            ok
-            and known is not None
-            and known.snapshot == CLOSED
-            and await self._still_closed(target, now)
-        ):
-            return  # nothing anywhere for this success to reset
+        if ok and known is not None and known.snapshot == CLOSED:
+            if now - known.synced_at < self._sync_interval:
+                # Nothing to reset as far as we know: skip the round trip on the hot
+                # path. A run of failures another process began in the last
+                # sync_interval is not reset by this success; it still needs threshold
+                # failures within window.
+                return
+            if await self._still_closed(target, now):
+                return  # nothing anywhere for this success to reset
         lane = self._enter(target)
         try:
             outcomes = lane.waiting

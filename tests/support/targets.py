@@ -195,7 +195,7 @@ class _Arrivals:
         return [
             (key, at)
             for keys, times in self._chunks
-            for key, at in zip(bytes(keys).split(b"\n"), times, strict=False)
+            for key, at in zip(bytes(keys).split(b"\n")[:-1], times, strict=True)
         ]
 
     def all(self) -> dict[str, list[float]]:
