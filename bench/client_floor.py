@@ -1,9 +1,10 @@
 """The HTTP client's own floor: a bare aiohttp loop against the ``targets`` farm.
 
 How much of the gap between slow and instant targets is the client library's, not
-Hookstream's: the same 1,000-port farm (``tests.support.target_farm``), the same aiohttp
-connector settings and garbage-collection thresholds as the dispatcher, and nothing else
-(no broker, no database, no signing). One child process per shape, each printing one
+Hookstream's: the same 1,000-port farm (``tests.support.target_farm``), the dispatcher's
+own session (``make_session``: connector, SSRF-guarded resolver, timeout) and garbage
+collection settings (``tune_gc``), and nothing else (no broker, no database, no
+signing). One child process per shape, each printing one
 JSON line:
 
 - ``instant``: the farm answers at once, 64 requests open (enough to saturate the loop);
@@ -18,7 +19,6 @@ Run alone: ``python -m bench.client_floor instant`` (or ``slow``).
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import resource
@@ -27,9 +27,11 @@ import sys
 import time
 from typing import Any
 
-import aiohttp
 import uvloop
 
+from services.dispatcher.__main__ import tune_gc
+from services.dispatcher.sender import make_session
+from shared.settings import Settings
 from tests.support.target_farm import TargetFarm
 
 TARGETS = 1000
@@ -45,9 +47,8 @@ def _cpu() -> float:
 
 
 async def _drive(urls: list[str], open_requests: int) -> dict[str, float]:
-    connector = aiohttp.TCPConnector(limit=4096, limit_per_host=64, keepalive_timeout=30)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # Loopback targets: allowed here as in the tests, never by default.
+    async with make_session(Settings(allow_private_targets=True)) as session:
 
         async def warm(url: str) -> None:
             async with session.post(url, data=b"{}") as resp:
@@ -76,8 +77,7 @@ def measure(shape: str) -> dict[str, Any]:
     farm_args: dict[str, Any] = {"median_ms": 150, "sigma": 0.6} if slow else {}
     with TargetFarm(TARGETS, **farm_args) as farm:
         urls = [farm.url(n) for n in range(TARGETS)]
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)  # as services/dispatcher/__main__.py
+        tune_gc()
         result = uvloop.run(_drive(urls, SLOW_OPEN if slow else INSTANT_OPEN))
         result["connections"] = farm.stats().get("connections", 0)
     return {"shape": shape, **result}
