@@ -1,11 +1,12 @@
-"""The HTTP client's own floor: a bare aiohttp loop against the ``targets`` farm.
+"""The HTTP client's own floor: a bare loop of the dispatcher's client against the
+``targets`` farm.
 
-How much of the gap between slow and instant targets is the client library's, not
-Hookstream's: the same 1,000-port farm (``tests.support.target_farm``), the dispatcher's
-own session (``make_session``: connector, SSRF-guarded resolver, timeout) and garbage
-collection settings (``tune_gc``), and nothing else (no broker, no database, no
-signing). One child process per shape, each printing one
-JSON line:
+How much of the gap between slow and instant targets is the HTTP client's, not the rest
+of Hookstream's: the same 1,000-port farm (``tests.support.target_farm``), the
+dispatcher's own client (``make_client``: connection pool, SSRF-guarded resolver,
+timeout; ``aiohttp`` for its predecessor, aiohttp's session with the same settings) and
+garbage collection settings (``tune_gc``), and nothing else (no broker, no database, no
+signing). One child process per client and shape, each printing one JSON line:
 
 - ``instant``: the farm answers at once, 64 requests open (enough to saturate the loop);
 - ``slow``: median 150 ms, sigma 0.6, no hangs, ``SLOW_OPEN`` requests open (about what
@@ -13,7 +14,7 @@ JSON line:
 
 Each request goes to the next target round-robin. CPU per request is the child's own.
 
-Run alone: ``python -m bench.client_floor instant`` (or ``slow``).
+Run alone: ``python -m bench.client_floor hookstream instant`` (or ``aiohttp``, ``slow``).
 """
 
 from __future__ import annotations
@@ -25,17 +26,24 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import uvloop
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from services.dispatcher.__main__ import tune_gc
-from services.dispatcher.sender import make_session
+from services.dispatcher.sender import make_client, post
 from shared.settings import Settings
+from shared.urlsafety import GuardedResolver
 from tests.support.target_farm import TargetFarm
 
 TARGETS = 1000
 REQUESTS = int(os.environ.get("BENCH_CLIENT_FLOOR_N", "30000"))
+CLIENTS = ("hookstream", "aiohttp")
 INSTANT_OPEN = 64
 SLOW_OPEN = 2000
 PAYLOAD = b'{"type": "order.created", "data": {"n": 1}}' * 7  # ~300 bytes, as the bench's
@@ -46,24 +54,54 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _drive(urls: list[str], open_requests: int) -> dict[str, float]:
+Send = Callable[[str, bytes], Awaitable[object]]
+
+
+@asynccontextmanager
+async def _sender(client: str) -> AsyncIterator[Send]:
     # Loopback targets: allowed here as in the tests, never by default.
-    async with make_session(Settings(allow_private_targets=True)) as session:
+    settings = Settings(allow_private_targets=True)
+    headers = {"content-type": "application/json"}
+    if client == "aiohttp":
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_in_flight,
+            limit_per_host=settings.max_in_flight_per_target,
+            resolver=GuardedResolver(DefaultResolver(), allow_private=True),
+            ttl_dns_cache=60,
+            keepalive_timeout=30,
+        )
+        timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
 
-        async def warm(url: str) -> None:
-            async with session.post(url, data=b"{}") as resp:
-                await resp.read()
+            async def send_aiohttp(url: str, body: bytes) -> object:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    return await resp.read()
 
+            yield send_aiohttp
+        return
+    http = make_client(settings)
+    try:
+
+        async def send(url: str, body: bytes) -> object:
+            return await post(http, URL(url), body, headers, excerpt_bytes=256)
+
+        yield send
+    finally:
+        await http.close()
+
+
+async def _drive(client: str, urls: list[str], open_requests: int) -> dict[str, float]:
+    async with _sender(client) as send:
         # A connection per target first, as the dispatcher's warm-up; all at once, or
         # against slow targets the warm-up alone would take 1,000 x 180 ms.
-        await asyncio.gather(*(warm(url) for url in urls))
+        await asyncio.gather(*(send(url, b"{}") for url in urls))
         numbers = iter(range(REQUESTS))
-        headers = {"content-type": "application/json"}
 
         async def worker() -> None:
             for n in numbers:
-                async with session.post(urls[n % len(urls)], data=PAYLOAD, headers=headers) as r:
-                    await r.read()
+                await send(urls[n % len(urls)], PAYLOAD)
 
         cpu, started = _cpu(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(open_requests)))
@@ -71,22 +109,22 @@ async def _drive(urls: list[str], open_requests: int) -> dict[str, float]:
     return {"cpu_us": cpu / REQUESTS * 1e6, "rate": REQUESTS / took}
 
 
-def measure(shape: str) -> dict[str, Any]:
-    """One shape in this process (the farm is a child of it)."""
+def measure(client: str, shape: str) -> dict[str, Any]:
+    """One client and shape in this process (the farm is a child of it)."""
     slow = shape == "slow"
     farm_args: dict[str, Any] = {"median_ms": 150, "sigma": 0.6} if slow else {}
     with TargetFarm(TARGETS, **farm_args) as farm:
         urls = [farm.url(n) for n in range(TARGETS)]
         tune_gc()
-        result = uvloop.run(_drive(urls, SLOW_OPEN if slow else INSTANT_OPEN))
+        result = uvloop.run(_drive(client, urls, SLOW_OPEN if slow else INSTANT_OPEN))
         result["connections"] = farm.stats().get("connections", 0)
-    return {"shape": shape, **result}
+    return {"client": client, "shape": shape, **result}
 
 
-def in_child(shape: str) -> dict[str, Any]:
+def in_child(client: str, shape: str) -> dict[str, Any]:
     """``measure`` in a fresh interpreter: nothing of the caller's heap or loop."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.client_floor", shape],
+        [sys.executable, "-m", "bench.client_floor", client, shape],
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
@@ -94,4 +132,4 @@ def in_child(shape: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1])))
+    print(json.dumps(measure(sys.argv[1], sys.argv[2])))

@@ -591,21 +591,31 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
         runs: dict[Shape, list[dict[str, Any]]] = {}
         for shape in (*RUNS, *(SLOW, INSTANT) * (PAIRS - 1)):
             runs.setdefault(shape, []).append(one_run(stack, Path(tmp), shape))
-    return rows_for(runs) + floor_rows({s: client_floor.in_child(s) for s in ("instant", "slow")})
+    floor = {
+        (client, shape): client_floor.in_child(client, shape)
+        for client in client_floor.CLIENTS
+        for shape in ("instant", "slow")
+    }
+    return rows_for(runs) + floor_rows(floor)
 
 
-def floor_rows(floor: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The bare client's CPU per request on the same farm (``bench.client_floor``): the
-    share of the slow/instant gap that is the HTTP library's own."""
-    instant, slow = floor["instant"], floor["slow"]
-    return [
-        row("bare aiohttp client, CPU per request, instant targets", round(instant["cpu_us"]),
-            "us", f"{instant['rate']:,.0f}/s with {client_floor.INSTANT_OPEN} open; no "
-            "broker, database or signing"),
-        row("bare aiohttp client, CPU per request, slow targets", round(slow["cpu_us"]), "us",
-            f"{slow['rate']:,.0f}/s with {client_floor.SLOW_OPEN:,} open, "
-            f"{slow['connections']:,} connections"),
-        row("bare aiohttp client, instant/slow CPU per request",
-            round(100 * instant["cpu_us"] / slow["cpu_us"], 1), "%",
-            "the ratio a CPU-bound process made of this client alone would reach"),
-    ]  # fmt: skip
+def floor_rows(floor: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each bare client's CPU per request on the same farm (``bench.client_floor``): the
+    share of the slow/instant gap that is the HTTP client's own. ``hookstream`` is the
+    dispatcher's (``http1.py``), ``aiohttp`` the one it replaced."""
+    rows = []
+    for client in client_floor.CLIENTS:
+        instant, slow = floor[client, "instant"], floor[client, "slow"]
+        rows += [
+            row(f"bare {client} client, CPU per request, instant targets",
+                round(instant["cpu_us"]), "us",
+                f"{instant['rate']:,.0f}/s with {client_floor.INSTANT_OPEN} open; no "
+                "broker, database or signing"),
+            row(f"bare {client} client, CPU per request, slow targets", round(slow["cpu_us"]),
+                "us", f"{slow['rate']:,.0f}/s with {client_floor.SLOW_OPEN:,} open, "
+                f"{slow['connections']:,} connections"),
+            row(f"bare {client} client, instant/slow CPU per request",
+                round(100 * instant["cpu_us"] / slow["cpu_us"], 1), "%",
+                "the ratio a CPU-bound process made of this client alone would reach"),
+        ]  # fmt: skip
+    return rows

@@ -9,13 +9,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import aiohttp
-
+from services.dispatcher.http1 import SendError
 from shared import __version__
 from shared.models import AttemptStatus
 from shared.records import DeliveryJob
@@ -126,22 +124,13 @@ def outcome_of_error(exc: BaseException, *, timeout: float) -> Outcome:
     """Classify an exception raised while sending. Unknown exceptions end the delivery."""
     if isinstance(exc, UnsafeTargetError):
         return Outcome.refused(f"blocked target (SSRF guard): {exc}")
-    if isinstance(exc, aiohttp.InvalidURL):
-        return Outcome.refused(f"invalid target URL: {exc}")
-    if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's ServerTimeoutError
+    if isinstance(exc, TimeoutError):
         return Outcome(
             ok=False, error=f"timeout after {timeout:g}s", retryable=True, timed_out=True
         )
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return Outcome(ok=False, error=f"TLS certificate error: {exc}", retryable=True)
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return Outcome(ok=False, error=f"DNS lookup failed: {exc}", retryable=True)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or str(exc.os_error)
-        return Outcome(ok=False, error=f"connection failed: {reason}", retryable=True)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return Outcome(ok=False, error="server disconnected", retryable=True)
-    if isinstance(exc, aiohttp.ClientError | OSError):
+    if isinstance(exc, SendError):  # its text is written for the attempt row
+        return Outcome(ok=False, error=str(exc), retryable=exc.retryable)
+    if isinstance(exc, OSError):
         return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
     return Outcome(ok=False, error=f"internal error: {type(exc).__name__}: {exc}")
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-import aiohttp
 from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,6 +35,7 @@ from services.dispatcher.delivery import (
     outcome_of_response,
     request_headers,
 )
+from services.dispatcher.http1 import Http1Client
 from services.dispatcher.limits import TargetLimits
 from services.dispatcher.ordered import OrderedQueues, Ticket
 from services.dispatcher.publishing import OutRecord, Publisher
@@ -104,7 +104,7 @@ class DeliveryStage:
     settings: Settings
     topics: Topics
     cache: SubscriptionCache
-    http: aiohttp.ClientSession
+    http: Http1Client
     publisher: Publisher
     attempts: AttemptWriter
     sessions: async_sessionmaker[AsyncSession]

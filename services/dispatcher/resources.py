@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.dispatcher.sender import make_session
+from services.dispatcher.http1 import Http1Client
+from services.dispatcher.sender import make_client
 from shared.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.kafka import make_consumer, make_producer
 from shared.redis import make_redis
@@ -39,7 +39,7 @@ class Resources:
     pg: asyncpg.Pool
     redis: Redis
     producer: AIOKafkaProducer
-    http: aiohttp.ClientSession
+    http: Http1Client
     cache: SubscriptionCache
     consumer: AIOKafkaConsumer
 
@@ -67,7 +67,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         producer = make_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
-        http = make_session(settings)
+        http = make_client(settings)
         stack.push_async_callback(http.close)
         sessions = make_sessionmaker(engine)
         cache = SubscriptionCache(

@@ -1,42 +1,28 @@
-"""The outbound HTTP client: one aiohttp session, a pooled connector, the SSRF guard.
+"""The outbound HTTP client as the delivery stage uses it: built from settings, with the
+SSRF guard, and the answer as the stage records it.
 
-aiohttp over httpx on the hot path: 6,481 vs 158 req/s at 100 concurrent on this class of
-machine (design §11).
+The client itself is ``http1.py`` (why not aiohttp: its docstring, design §11).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp.resolver import DefaultResolver
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
+from services.dispatcher.http1 import Http1Client
 from shared import tracing
 from shared.settings import Settings
 from shared.urlsafety import GuardedResolver
 
 
-def make_session(settings: Settings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=settings.max_in_flight,
-        limit_per_host=settings.max_in_flight_per_target,
-        resolver=GuardedResolver(DefaultResolver(), allow_private=settings.allow_private_targets),
-        # Answers are vetted before they are cached, so caching them is safe; 60 s
-        # saves a lookup per connection to busy targets.
-        ttl_dns_cache=60,
-        keepalive_timeout=30,
-        enable_cleanup_closed=True,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=settings.delivery_timeout),
-        # Targets share one session: a cookie set by one must never reach another.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # Never pick up HTTP(S)_PROXY: the guard vets the target, not a proxy.
-        trust_env=False,
-        raise_for_status=False,
+def make_client(settings: Settings) -> Http1Client:
+    return Http1Client(
+        GuardedResolver(DefaultResolver(), allow_private=settings.allow_private_targets),
+        allow_private=settings.allow_private_targets,
+        timeout=settings.delivery_timeout,
     )
 
 
@@ -48,7 +34,7 @@ class Response:
 
 
 async def post(
-    session: aiohttp.ClientSession,
+    client: Http1Client,
     url: URL,
     body: bytes,
     headers: dict[str, str],
@@ -56,26 +42,13 @@ async def post(
     excerpt_bytes: int,
 ) -> Response:
     """POST ``body`` as is; read at most ``excerpt_bytes`` of the answer. No redirects."""
-    async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-        excerpt: str | None = None
-        if excerpt_bytes:
-            chunks: list[bytes] = []
-            size = 0
-            content = resp.content
-            while size < excerpt_bytes:
-                chunk = await content.read(excerpt_bytes - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if content.at_eof():
-                    break
-            excerpt = b"".join(chunks).decode("utf-8", "replace") if chunks else ""
-        return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
+    answer = await client.post(url, body, headers, excerpt_bytes=excerpt_bytes)
+    excerpt = None if answer.excerpt is None else answer.excerpt.decode("utf-8", "replace")
+    return Response(answer.status, answer.retry_after, excerpt)
 
 
 async def post_traced(
-    session: aiohttp.ClientSession,
+    client: Http1Client,
     url: URL,
     body: bytes,
     headers: dict[str, str],
@@ -97,7 +70,7 @@ async def post_traced(
     )
     traced = headers | {name: value.decode() for name, value in tracing.headers_of(span).items()}
     try:
-        response = await post(session, url, body, traced, excerpt_bytes=excerpt_bytes)
+        response = await post(client, url, body, traced, excerpt_bytes=excerpt_bytes)
     except BaseException as exc:
         span.set_attribute("error.type", type(exc).__name__)
         tracing.end(span, exc)
