@@ -35,6 +35,7 @@ any retry can: receivers deduplicate by ``webhook-id``).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import time
@@ -211,10 +212,7 @@ class _Connection(asyncio.Protocol):
             return
         self.got_bytes = True
         if not self._headers_done:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD:
-                self._fail(BadAnswer(f"status line and headers over {MAX_HEAD} bytes"))
-                return
+            self._head_bytes += len(data)  # and maybe some body: checked once parsed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -223,7 +221,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BadAnswer(str(exc) or type(exc).__name__))
             return
-        if self.answer is not None and self._headers_done and self._size >= self._limit:
+        if not self._headers_done and self._head_bytes > MAX_HEAD:
+            # A read is at most 256 KiB, so a head is never held much past the limit.
+            self._fail(BadAnswer(f"status line and headers over {MAX_HEAD} bytes"))
+        elif self.answer is not None and self._headers_done and self._size >= self._limit:
             # Head read and as much body as wanted, the rest still coming: answer now and
             # close rather than drain a body of any length.
             self._finish(reuse=False)
@@ -450,7 +451,9 @@ class Http1Client:
                 except ssl.SSLError as exc:
                     failure = ConnectFailed(f"TLS handshake failed: {exc.reason or exc}")
                 except OSError as exc:
-                    failure = ConnectFailed(exc.strerror or str(exc) or type(exc).__name__)
+                    # "Connection refused", not asyncio's "Connect call failed (…)".
+                    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                    failure = ConnectFailed(reason or type(exc).__name__)
             assert failure is not None  # addresses is never empty
             raise failure
 

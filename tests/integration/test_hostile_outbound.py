@@ -2,10 +2,11 @@
 loopback, header bytes a sender chose.
 
 The first half drives the dispatcher's own HTTP client (``services.dispatcher.sender``:
-``make_session`` + ``post``) in process, against loopback servers, with a tripwire trace
-hook that aborts any request to a host other than 127.0.0.1 before it connects: even a
-regression cannot send a packet off this machine. The second half runs the real
-dispatcher (and ingest) processes on a private namespace and looks at attempt rows.
+``make_client`` + ``post``) in process, against loopback servers, with a tripwire on
+its one connection opener that aborts any connection to an address other than 127.0.0.1
+before it opens: even a regression cannot send a packet off this machine. The second half
+runs the real dispatcher (and ingest) processes on a private namespace and looks at
+attempt rows.
 
 tests/integration/test_delivery_e2e.py already shows a 302 to the same server is not
 followed, and test_delivery_ssrf.py that literal and ``localhost`` targets are refused.
@@ -14,7 +15,6 @@ followed, and test_delivery_ssrf.py that literal and ``localhost`` targets are r
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -22,13 +22,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 from aiohttp import web
 from yarl import URL
 
-from services.dispatcher import sender
+from services.dispatcher import http1, sender
 from services.dispatcher.delivery import decide, outcome_of_error, outcome_of_response
 from shared.models import AttemptStatus
 from shared.records import DeliveryJob
@@ -49,47 +48,36 @@ REDIRECTS = [301, 302, 303, 307, 308]
 
 
 class Tripwire:
-    """aiohttp trace hooks: record every request start and redirect, and abort (before any
-    connection) a request to a host not in ``hosts``: 127.0.0.1, and names a test has
-    made resolve to loopback."""
+    """Watches ``http1.open_connection``, the one place the client connects: records each
+    (address, port) and aborts, before connecting, any connection to an address other
+    than 127.0.0.1."""
 
-    def __init__(self) -> None:
-        self.hosts = {"127.0.0.1"}
-        self.started: list[URL] = []
-        self.redirects: list[URL] = []
-        self.config = aiohttp.TraceConfig()
-        self.config.on_request_start.append(self._start)
-        self.config.on_request_redirect.append(self._redirect)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.connected: list[tuple[str, int]] = []
+        opener = http1.open_connection
 
-    async def _start(self, _: Any, __: Any, params: aiohttp.TraceRequestStartParams) -> None:
-        self.started.append(params.url)
-        if params.url.host not in self.hosts:
-            raise RuntimeError(f"tripwire: a request to {params.url} was about to be made")
+        async def watched(
+            loop: asyncio.AbstractEventLoop, factory: Any, host: str, port: int, **kw: Any
+        ) -> Any:
+            if host != "127.0.0.1":
+                raise RuntimeError(f"tripwire: a connection to {host}:{port} was about to open")
+            self.connected.append((host, port))
+            return await opener(loop, factory, host, port, **kw)
 
-    async def _redirect(self, _: Any, __: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
-        self.redirects.append(params.url)
+        monkeypatch.setattr(http1, "open_connection", watched)
 
 
 @pytest.fixture
 def tripwire(monkeypatch: pytest.MonkeyPatch) -> Tripwire:
-    """Every session make_session builds meanwhile carries the tripwire."""
-    wire = Tripwire()
-    session_class = aiohttp.ClientSession
-    # sender.make_session looks the class up on the aiohttp module at call time.
-    monkeypatch.setattr(
-        aiohttp,
-        "ClientSession",
-        functools.partial(session_class, trace_configs=[wire.config]),
-    )
-    return wire
+    return Tripwire(monkeypatch)
 
 
 def _settings(*, allow_private: bool) -> Settings:
     return Settings(allow_private_targets=allow_private, delivery_timeout=5)
 
 
-async def _post(session: aiohttp.ClientSession, url: str) -> sender.Response:
-    return await sender.post(session, URL(url), b'{"n": 1}', {}, excerpt_bytes=256)
+async def _post(client: http1.Http1Client, url: str) -> sender.Response:
+    return await sender.post(client, URL(url), b'{"n": 1}', {}, excerpt_bytes=256)
 
 
 # --- the sender, in process ---------------------------------------------------------
@@ -104,18 +92,18 @@ async def test_redirects_are_not_followed_to_a_neighbour_or_to_cloud_metadata(
         target.reply("/to-metadata", status, headers={"Location": METADATA})
         # Loopback targets are allowed here (local development), so only the redirect
         # rule stands between the request and the Location.
-        session = sender.make_session(_settings(allow_private=True))
+        client = sender.make_client(_settings(allow_private=True))
         try:
             for path in ("/to-neighbour", "/to-metadata"):
-                response = await _post(session, target.url(path))
+                response = await _post(client, target.url(path))
                 assert response.status == status
                 outcome = outcome_of_response(response.status, response.retry_after, None)
                 assert not outcome.ok
                 assert "redirects are not followed" in (outcome.error or "")
         finally:
-            await session.close()
-    assert tripwire.redirects == []
-    assert [u.path for u in tripwire.started] == ["/to-neighbour", "/to-metadata"]
+            await client.close()
+    # Only ever the target's port (one kept-alive connection, or a second one).
+    assert {port for _, port in tripwire.connected} == {target.port}
     assert neighbour.received() == []
     assert [r.path for r in target.received()] == ["/to-neighbour", "/to-metadata"]
 
@@ -130,17 +118,17 @@ async def test_a_name_resolving_to_loopback_is_refused_before_connecting(
     name = "hooks.internal.example"
     stub = StubResolver({name: answer})
     monkeypatch.setattr(sender, "DefaultResolver", lambda: stub)
-    tripwire.hosts.add(name)  # the stub answers loopback only
     async with TargetServer() as target:
-        session = sender.make_session(_settings(allow_private=False))
+        client = sender.make_client(_settings(allow_private=False))
         try:
             with pytest.raises(UnsafeTargetError, match="loopback") as refused:
-                await _post(session, f"http://{name}:{target.port}/hook")
+                await _post(client, f"http://{name}:{target.port}/hook")
         finally:
-            await session.close()
+            await client.close()
         # Refused while resolving, before any connection: nothing can still be on its way.
         assert target.received() == []
     assert stub.asked == [name]
+    assert tripwire.connected == []
     # What the delivery stage makes of it: final, with a dead letter, never retried.
     outcome = outcome_of_error(refused.value, timeout=5)
     assert not outcome.retryable
@@ -160,24 +148,41 @@ async def test_a_name_resolving_to_loopback_is_refused_before_connecting(
     )
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "[::1]", "127.0.0.2"])
+async def test_a_literal_loopback_address_is_refused_by_the_client_itself(
+    tripwire: Tripwire, host: str
+) -> None:
+    # The delivery stage refuses these with check_url before asking the client; the
+    # client refuses them again, so no caller can skip the guard.
+    async with TargetServer() as target:
+        client = sender.make_client(_settings(allow_private=False))
+        try:
+            with pytest.raises(UnsafeTargetError, match="loopback"):
+                await _post(client, f"http://{host}:{target.port}/hook")
+        finally:
+            await client.close()
+        assert target.received() == []
+    assert tripwire.connected == []
+
+
 @pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1"])
 async def test_other_spellings_of_loopback_are_refused_for_good(
     tripwire: Tripwire, host: str
 ) -> None:
-    # aiohttp refuses the non-canonical IPv4 forms outright; what it lets through,
-    # getaddrinfo reads as 127.0.0.1 (no DNS involved) and the guard refuses.
-    tripwire.hosts.add(host)
+    # Not IP literals to Python; getaddrinfo reads them as 127.0.0.1 (no DNS involved)
+    # and the guard refuses the answer.
     async with TargetServer() as target:
-        session = sender.make_session(_settings(allow_private=False))
+        client = sender.make_client(_settings(allow_private=False))
         try:
-            with pytest.raises((UnsafeTargetError, aiohttp.InvalidURL)) as refused:
-                await _post(session, f"http://{host}:{target.port}/hook")
+            with pytest.raises((UnsafeTargetError, http1.InvalidRequest)) as refused:
+                await _post(client, f"http://{host}:{target.port}/hook")
         finally:
-            await session.close()
+            await client.close()
         assert target.received() == []
+    assert tripwire.connected == []
     outcome = outcome_of_error(refused.value, timeout=5)
     assert not outcome.retryable, outcome
-    assert (outcome.error or "").startswith(("blocked target", "invalid target URL"))
+    assert (outcome.error or "").startswith("blocked target"), outcome
 
 
 # --- the dispatcher and ingest as processes -----------------------------------------

@@ -9,9 +9,9 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
 import pytest
 
+from services.dispatcher import http1
 from services.dispatcher.delivery import (
     USER_AGENT,
     Outcome,
@@ -154,8 +154,11 @@ def test_blocked_targets_fail_at_once_with_a_dead_letter() -> None:
     ("exc", "expected"),
     [
         (TimeoutError(), "timeout after 10s"),
-        (aiohttp.ServerTimeoutError("read"), "timeout after 10s"),
-        (aiohttp.ServerDisconnectedError(), "server disconnected"),
+        (http1.Disconnected(), "server disconnected"),
+        (http1.ConnectFailed("Connection refused"), "connection failed: Connection refused"),
+        (http1.DnsFailed("a.example", "Name or service not known"), "DNS lookup failed"),
+        (http1.CertificateFailed("self-signed certificate"), "TLS certificate error"),
+        (http1.BadAnswer("bad status line"), "invalid HTTP answer: bad status line"),
         (ConnectionResetError(104, "reset"), "ConnectionResetError"),
     ],
 )
