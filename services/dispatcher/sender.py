@@ -1,7 +1,7 @@
 """The outbound HTTP client as the delivery stage uses it: built from settings, with the
 SSRF guard, and the answer as the stage records it.
 
-The client itself is ``http1.py`` (why not aiohttp: its docstring, design §11).
+The client itself is ``http1.py`` (why not aiohttp: its docstring).
 """
 
 from __future__ import annotations
