@@ -159,13 +159,15 @@ class _Connection(asyncio.Protocol):
         "got_bytes",
         "home",
         "idle_since",
+        "key",
         "reusable",
         "transport",
     )
 
-    def __init__(self, home: list[_Connection]) -> None:
-        # The idle list of its target, where it waits between requests.
-        self.home = home
+    def __init__(self, key: tuple[str, str, int]) -> None:
+        self.key = key
+        # Its target's idle list while it waits there between requests, else None.
+        self.home: list[_Connection] | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.answer: asyncio.Future[Answer] | None = None
@@ -231,7 +233,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self in self.home:
+        if self.home is not None and self in self.home:
             self.home.remove(self)
         if self.answer is None:
             return
@@ -391,6 +393,7 @@ class Http1Client:
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be closed
+            conn.home = None
             transport = conn.transport
             if (
                 transport is not None
@@ -406,7 +409,11 @@ class Http1Client:
             conn.abort()
             return
         conn.idle_since = time.monotonic()
-        conn.home.append(conn)
+        home = self._idle.get(conn.key)
+        if home is None:  # its list was swept away while it was busy
+            home = self._idle[conn.key] = []
+        conn.home = home
+        home.append(conn)
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
@@ -431,23 +438,32 @@ class Http1Client:
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, deadline: float
     ) -> _Connection:
-        idle = self._idle.setdefault(endpoint.key, [])
+        key = endpoint.key
         async with asyncio.timeout_at(deadline):
             addresses = await self._addresses_of(endpoint)
             failure: Exception | None = None
-            for address in addresses:
+            for n, address in enumerate(addresses, 1):
+                # Every address but the last gets half of what is left: an address that
+                # swallows SYNs (a broken IPv6 route) must not eat the whole timeout.
+                last = n == len(addresses)
+                share = None if last else (deadline - loop.time()) / 2
                 try:
-                    _, conn = await open_connection(
-                        loop,
-                        lambda: _Connection(idle),
-                        address,
-                        endpoint.port,
-                        ssl=self._ssl if endpoint.tls else None,
-                        server_hostname=endpoint.host if endpoint.tls else None,
-                    )
+                    async with asyncio.timeout(share):
+                        _, conn = await open_connection(
+                            loop,
+                            lambda: _Connection(key),
+                            address,
+                            endpoint.port,
+                            ssl=self._ssl if endpoint.tls else None,
+                            server_hostname=endpoint.host if endpoint.tls else None,
+                        )
                     return conn
                 except ssl.SSLCertVerificationError as exc:
                     raise CertificateFailed(exc.verify_message or str(exc)) from exc
+                except TimeoutError:
+                    if last:
+                        raise
+                    failure = ConnectFailed(f"no answer from {address} in {share:.1f}s")
                 except ssl.SSLError as exc:
                     failure = ConnectFailed(f"TLS handshake failed: {exc.reason or exc}")
                 except OSError as exc:

@@ -4,7 +4,7 @@ raw servers for answers a well-behaved framework would never send (chunked, no l
 oversized, informational, garbage, cut short, never).
 
 Every connection the client opens is counted at ``http1.open_connection``, which also
-refuses anything but 127.0.0.1 (nothing here may leave the machine).
+refuses anything but 127.0.0.0/8 (nothing here may leave the machine).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from shared.settings import Settings
 from tests.support.procs import free_port
 from tests.support.targets import BlackHole, TargetServer
 from tests.support.tls import self_signed
+from tests.unit.test_urlsafety import StubResolver
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -41,7 +42,7 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> Opens:
     async def counted(
         loop: asyncio.AbstractEventLoop, factory: Any, host: str, port: int, **kw: Any
     ) -> Any:
-        assert host == "127.0.0.1", f"a connection to {host} was about to open"
+        assert host.startswith("127."), f"a connection to {host} was about to open"
         seen.count += 1
         return await opener(loop, factory, host, port, **kw)
 
@@ -292,6 +293,26 @@ async def test_a_refused_connection_is_retryable(client: http1.Http1Client) -> N
         await post(client, f"http://127.0.0.1:{free_port()}/hook")
     outcome = outcome_of_error(failed.value, timeout=2)
     assert (outcome.retryable, outcome.error) == (True, "connection failed: Connection refused")
+
+
+async def test_a_name_is_cached_and_its_addresses_tried_in_turn(
+    monkeypatch: pytest.MonkeyPatch, opens: Opens
+) -> None:
+    # Nothing listens on 127.0.0.2 at the target's port: refused at once, then the next.
+    stub = StubResolver({"hooks.example": ["127.0.0.2", "127.0.0.1"]})
+    monkeypatch.setattr(sender, "DefaultResolver", lambda: stub)
+    http = sender.make_client(Settings(allow_private_targets=True, delivery_timeout=2))
+    try:
+        async with TargetServer() as target:
+            url = f"http://hooks.example:{target.port}/hook"
+            assert (await post(http, url)).status == 200
+            assert (await post(http, url)).status == 200
+            (got, _) = target.received()
+    finally:
+        await http.close()
+    assert got.headers["host"] == f"hooks.example:{target.port}"
+    assert stub.asked == ["hooks.example"]  # the second request rode the same connection
+    assert opens.count == 2  # 127.0.0.2 (refused), then 127.0.0.1
 
 
 @pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "a\nb", "a\rb", "a\0b"])
