@@ -46,6 +46,7 @@ import httptools
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from shared.singleflight import SingleFlight
 from shared.urlsafety import UnsafeTargetError, check_addresses, classify_address, parse_ip
 
 # Servers close idle keep-alive connections after 5 s (Node.js, uvicorn) to 75 s (nginx);
@@ -325,6 +326,7 @@ class Http1Client:
         self._busy: set[_Connection] = set()
         self._endpoints: dict[URL, Endpoint] = {}
         self._addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._lookups: SingleFlight[tuple[str, int], list[str]] = SingleFlight()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -484,18 +486,24 @@ class Http1Client:
         cached = self._addresses.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # One lookup per name however many requests want it: a burst of jobs for a name
+        # the resolver is slow to fail on would otherwise queue hundreds of lookups in the
+        # resolver's few threads (and a stopping process would wait for all of them).
+        return await self._lookups.run(key, lambda: self._resolve(endpoint.host, endpoint.port))
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
         try:
-            results = await self._resolver.resolve(endpoint.host, endpoint.port, socket.AF_UNSPEC)
+            results = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
         except OSError as exc:
-            raise DnsFailed(endpoint.host, exc.strerror or str(exc)) from exc
+            raise DnsFailed(host, exc.strerror or str(exc)) from exc
         addresses = [r["host"] for r in results]
         if not self._allow_private:  # the guard, whatever resolver was passed in
-            check_addresses(endpoint.host, addresses)
+            check_addresses(host, addresses)
         if not addresses:
-            raise DnsFailed(endpoint.host, "no address")
+            raise DnsFailed(host, "no address")
         if len(self._addresses) >= 10_000:
             self._addresses.clear()
-        self._addresses[key] = (time.monotonic() + DNS_TTL, addresses)
+        self._addresses[(host, port)] = (time.monotonic() + DNS_TTL, addresses)
         return addresses
 
     async def close(self) -> None:
@@ -508,6 +516,7 @@ class Http1Client:
             for conn in list(idle):
                 conn.abort()
         self._idle.clear()
+        await self._lookups.close()
         await self._resolver.close()
 
 

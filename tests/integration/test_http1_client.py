@@ -315,6 +315,22 @@ async def test_a_name_is_cached_and_its_addresses_tried_in_turn(
     assert opens.count == 2  # 127.0.0.2 (refused), then 127.0.0.1
 
 
+async def test_requests_at_once_to_a_new_name_share_one_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stub = StubResolver({"burst.example": ["127.0.0.1"]})
+    monkeypatch.setattr(sender, "DefaultResolver", lambda: stub)
+    http = sender.make_client(Settings(allow_private_targets=True, delivery_timeout=2))
+    try:
+        async with TargetServer() as target:
+            url = f"http://burst.example:{target.port}/hook"
+            answers = await asyncio.gather(*(post(http, url) for _ in range(20)))
+    finally:
+        await http.close()
+    assert {a.status for a in answers} == {200}
+    assert stub.asked == ["burst.example"]
+
+
 @pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "a\nb", "a\rb", "a\0b"])
 async def test_a_header_that_would_break_a_line_is_refused_before_sending(
     client: http1.Http1Client, opens: Opens, value: str
