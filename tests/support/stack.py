@@ -112,7 +112,10 @@ class IsolatedStack:
         env = dict(os.environ)
         env.update(self.env)
         env.update(extra)
-        env["PYTHONPATH"] = str(ROOT)
+        # offline/sitecustomize.py: no DNS query for test data's target names.
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT / "tests" / "support" / "offline"), str(ROOT)]
+        )
         return env
 
     def up(self) -> None:
