@@ -374,8 +374,8 @@ class Http1Client:
         answer: asyncio.Future[Answer] = loop.create_future()
         timer = loop.call_at(deadline, _timed_out, answer)
         self._busy.add(conn)
-        conn.send(data, answer, excerpt_bytes)
         try:
+            conn.send(data, answer, excerpt_bytes)
             result = await answer
         except BaseException:
             conn.abort()  # timed out, cancelled or failed: the stream is out of step
