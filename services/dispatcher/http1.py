@@ -1,13 +1,15 @@
 """The outbound HTTP/1.1 client: keep-alive connections as ``asyncio.Protocol`` objects.
 
-Why not aiohttp (which served deliveries until now): against 1,000 loopback targets its
-client spent 65 to 93 µs of CPU per request when they answered at once and 108 to 139 µs when
-they answered in ~150 ms (``python -m bench.client_floor``), a third of the dispatcher's
-whole cost per delivery, and most of what a slow target costs beyond an instant one. A
-delivery needs little of a general client: one POST of bytes already in hand, the
-status, ``Retry-After`` and a bounded excerpt of the answer. This client does that as a
-request written in one call and an answer parsed by ``httptools`` (llhttp, the parser of
-Node.js and uvicorn): 21 to 22 µs instant, 24 to 26 µs slow on the same farm.
+Why not aiohttp (which served deliveries until 2026-12-05): against 1,000 loopback
+targets (``python -m bench.client_floor``) its client spent 91-98 µs of CPU per request
+when they answered at once and 123-141 µs when they answered in ~150 ms: most of the
+dispatcher's cost per delivery. A delivery needs little of a general client: one POST of
+bytes already in hand, the status, ``Retry-After`` and a bounded excerpt of the answer.
+This client does that as a request written in one call and an answer parsed by
+``httptools`` (llhttp, the parser of Node.js and uvicorn): 27-30 µs instant, 39-42 µs
+slow on the same farm. The dispatcher's CPU per delivery fell from 108 to 68 µs
+(``bench delivery``); against 1,000 targets (``bench targets``) from 216-239 to 106-117 µs
+when they answer at once and from 287-289 to 168-196 µs when they answer in ~150 ms.
 
 What it keeps of the old session, deliberately:
 
