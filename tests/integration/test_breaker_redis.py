@@ -241,6 +241,29 @@ async def test_stale_closed_views_are_read_back_together(
     assert (wire.calls, wire.reads) == (1, 3)
 
 
+async def test_targets_with_a_failure_on_the_books_are_asked_in_the_batched_read(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    # Slow targets: one hang leaves a failure until the next success. Every allow still
+    # asks Redis (another process may open the breaker), but in batches, not one
+    # transition per target per allow.
+    clock = FakeClock()
+    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
+    wire = CountingStore(b)
+    targets = [f"hang{n}.example:80" for n in range(50)]
+    await asyncio.gather(*(b.record(t, ok=False) for t in targets))
+    calls = wire.calls
+    for _ in range(3):
+        assert all(await asyncio.gather(*(b.allow(t) for t in targets)))
+    assert wire.calls == calls, "no one-target transition for a closed breaker"
+    assert wire.reads == 3
+    # The guarantee stands: another process's opening is seen at the very next allow.
+    for _ in range(CONFIG.failure_threshold):
+        await a.record(targets[0], ok=False)
+    assert not await b.allow(targets[0])
+    assert await b.allow(targets[1])
+
+
 async def test_a_batched_read_never_overwrites_a_newer_transition(
     redis_pair: tuple[Redis, Redis], prefix: str
 ) -> None:
