@@ -17,10 +17,9 @@ The runs, one dispatcher process each, in this order:
 - ``slow``: each request answers after a log-normal delay (median 150 ms, sigma 0.6,
   mean ~180 ms); 1 % hang past the delivery timeout and must come back as retries.
 - both again with a 2 s delivery timeout (hangs of 3 s) instead of the default 10 s
-  (hangs of 12 s). Draining a backlog, the dispatcher holds its 4,096 requests in
-  flight while its CPU completes ~1,500 a second, so a request waits ~3 s for the
-  process itself (Little's law): a 2 s timeout then cuts requests to healthy targets.
-  These runs measure that, not the targets.
+  (hangs of 12 s): a process that let requests wait on its own busy loop would cut
+  healthy targets' requests short at 2 s (it held 4,096 in flight at ~1,500 completed
+  a second once, ~3 s each by Little's law). These runs measure that, not the targets.
 
 Then the default-timeout pair again in the opposite order (slow, instant), ``PAIRS`` pairs
 in all: a single instant run moved by up to a third between runs of one session, so the
@@ -30,7 +29,12 @@ Deliveries/s is jobs delivered (SUCCESS rows) per second between the moments 5 %
 95 % of the jobs were delivered, so joining the group and the last hangs' retries weigh
 on no run. The dispatcher's RSS and open sockets (``/proc/<pid>/fd``) are sampled every
 0.25 s, its requests in flight (``hookstream_in_flight_deliveries``) every second (a
-scrape lists the process's open files: ~25 ms of its CPU with 6,000 sockets). Then every
+scrape lists the process's open files: ~25 ms of its CPU with 6,000 sockets). The CPU
+of the dispatcher, of the farm and of the whole machine is sampled every 0.25 s too, and
+CPU per delivery is read over the same 5 %-95 % window as the rate: over the whole load
+it would count the slow runs' tail, where the dispatcher only waits for the last hangs.
+The farm answers on a bare asyncio protocol; on aiohttp's server it took more of the two
+cores than the dispatcher in the slow runs (see ``tests.support.target_farm``). Then every
 job is accounted for: a SUCCESS row, or still retrying; each hang at a target must show
 as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
 hang at the target is a timeout of the dispatcher's own making.
