@@ -472,11 +472,16 @@ class CircuitBreaker:
         closed = snap is not None and (
             snap.state is BreakerState.CLOSED if failures_ok else snap == CLOSED
         )
-        if not closed or self._known.get(target) is not before:
-            # Not plainly closed; or a transition of this process's (a failure, the
-            # breaker opening) landed while the batch was out, newer than what it read.
+        if not closed:
             return False
         assert snap is not None
+        current = self._known.get(target)
+        if current is not before and (current is None or current.snapshot != snap):
+            # A transition of this process's (a failure, the breaker opening) landed
+            # while the batch was out, newer than what it read. The same state
+            # remembered meanwhile is not one: it is another caller of this batch (a
+            # slow target has several requests asking at once), which took this answer.
+            return False
         self._remember(target, snap, now)
         return True
 

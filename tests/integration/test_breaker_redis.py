@@ -264,6 +264,31 @@ async def test_targets_with_a_failure_on_the_books_are_asked_in_the_batched_read
     assert await b.allow(targets[1])
 
 
+async def test_every_caller_sharing_a_batched_read_takes_its_answer(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> None:
+    # Slow targets have several requests asking about one target at once. The first
+    # caller back from the batch remembered its answer, and every other one took that
+    # for a newer transition and made a one-target call of its own.
+    clock = FakeClock()
+    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
+    wire = CountingStore(b)
+    targets = [f"busy{n}.example:80" for n in range(20)]
+    await b.record(targets[0], ok=False)  # one with a failure on the books
+    calls = wire.calls
+    clock.now += 1.0
+    asks = [b.allow(t) for t in targets for _ in range(4)]
+    assert all(await asyncio.gather(*asks))
+    assert wire.calls == calls, "no one-target transition for a closed breaker"
+    assert wire.reads == 1
+    # Another process's opening is still seen by the next allow after the view is stale.
+    for _ in range(CONFIG.failure_threshold):
+        await a.record(targets[3], ok=False)
+    clock.now += 1.0
+    answers = await asyncio.gather(*(b.allow(targets[3]) for _ in range(4)))
+    assert not any(answers)
+
+
 async def test_a_batched_read_never_overwrites_a_newer_transition(
     redis_pair: tuple[Redis, Redis], prefix: str
 ) -> None:
