@@ -214,14 +214,21 @@ class CountingStore:
         store._read_script = counted_read  # type: ignore[assignment]
 
 
+def counted_pair(
+    redis_pair: tuple[Redis, Redis], prefix: str
+) -> tuple[FakeClock, CircuitBreaker, CircuitBreaker, CountingStore]:
+    """Two processes' breakers on one clock, the second's script calls counted."""
+    clock = FakeClock()
+    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
+    return clock, a, b, CountingStore(b)
+
+
 async def test_stale_closed_views_are_read_back_together(
     redis_pair: tuple[Redis, Redis], prefix: str
 ) -> None:
     # A thousand healthy targets each went stale once a second, and each cost a script
     # call of its own: round trips grew with the targets, not with the deliveries.
-    clock = FakeClock()
-    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
-    wire = CountingStore(b)
+    clock, a, b, wire = counted_pair(redis_pair, prefix)
     targets = [f"t{n}.example:80" for n in range(200)]
     assert all(await asyncio.gather(*(b.allow(t) for t in targets)))
     assert (wire.calls, wire.reads) == (0, 1), "200 unseen targets: one read, no transition"
@@ -247,9 +254,7 @@ async def test_targets_with_a_failure_on_the_books_are_asked_in_the_batched_read
     # Slow targets: one hang leaves a failure until the next success. Every allow still
     # asks Redis (another process may open the breaker), but in batches, not one
     # transition per target per allow.
-    clock = FakeClock()
-    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
-    wire = CountingStore(b)
+    _, a, b, wire = counted_pair(redis_pair, prefix)
     targets = [f"hang{n}.example:80" for n in range(50)]
     await asyncio.gather(*(b.record(t, ok=False) for t in targets))
     calls = wire.calls
@@ -270,9 +275,7 @@ async def test_every_caller_sharing_a_batched_read_takes_its_answer(
     # Slow targets have several requests asking about one target at once. The first
     # caller back from the batch remembered its answer, and every other one took that
     # for a newer transition and made a one-target call of its own.
-    clock = FakeClock()
-    a, b = two_processes(redis_pair, prefix, clock, sync_interval=1.0)
-    wire = CountingStore(b)
+    clock, a, b, wire = counted_pair(redis_pair, prefix)
     targets = [f"busy{n}.example:80" for n in range(20)]
     await b.record(targets[0], ok=False)  # one with a failure on the books
     calls = wire.calls
