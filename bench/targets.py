@@ -570,7 +570,7 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"{run['stalls']['over_50ms']:,}; the dispatcher counts a gap over 1 s as a stall "
             "of its own and re-sends what timed out across it ('cut short')"),
         row(f"dispatcher CPU per delivery, {label}",
-            round(window["dispatcher"] / (JOBS * 0.9) * 1e6), "µs",
+            round(window["dispatcher"] / (run["rate"] * window["span"]) * 1e6), "µs",
             f"while the deliveries between 5 % and 95 % were made ({window['span']:.1f} s): "
             f"dispatcher {window['dispatcher'] / window['span']:.0%} of a core, targets "
             f"process {window['targets'] / window['span']:.0%}, the whole machine "
