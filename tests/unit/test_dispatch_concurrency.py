@@ -272,8 +272,31 @@ def test_slow_attempts_let_the_loop_lag_more_before_the_bound_shrinks() -> None:
     # It grows below the raised low mark (0.4 of the high one), not only below LAG_LOW.
     assert LoopLimit(ceiling=4096).update(0.015, full=True, attempt=0.200) > START
     assert LoopLimit(ceiling=4096).update(0.015, full=True, attempt=0.002) == START
-    # However slow the targets, the loop may not lag past the ceiling.
-    assert LoopLimit(ceiling=4096).update(LAG_CEILING * 1.1, full=True, attempt=10.0) < START
+    # However slow the targets, the loop may not lag past the ceiling (for longer than
+    # one tick: see the next test).
+    bound = LoopLimit(ceiling=4096)
+    bound.update(LAG_CEILING * 1.1, full=True, attempt=10.0)
+    assert bound.update(LAG_CEILING * 1.1, full=True, attempt=10.0) < START
+
+
+def test_against_slow_targets_a_lone_late_tick_does_not_shrink_the_bound() -> None:
+    slow, instant = 0.200, 0.002
+    # Slow attempts: one garbage collection's pause is ridden out; two late ticks in a
+    # row are a loop that cannot keep up, and shrink it.
+    bound = LoopLimit(ceiling=4096)
+    assert bound.update(0.300, full=True, attempt=slow) == START
+    assert bound.update(0.001, full=True, attempt=slow) > START
+    grown = bound.limit
+    assert bound.update(0.300, full=True, attempt=slow) == grown
+    assert bound.update(0.300, full=True, attempt=slow) < grown
+    # Instant attempts: every late tick shrinks it, as before.
+    assert LoopLimit(ceiling=4096).update(0.300, full=True, attempt=instant) < START
+
+
+def test_against_slow_targets_the_bound_grows_twice_as_fast() -> None:
+    slow = LoopLimit(ceiling=4096).update(0.001, full=True, attempt=0.200)
+    instant = LoopLimit(ceiling=4096).update(0.001, full=True, attempt=0.002)
+    assert (slow, instant) == (START + START // 4, START + START // 8)
 
 
 async def test_the_typical_attempt_is_the_median_so_hanging_requests_do_not_move_it() -> None:
