@@ -80,8 +80,8 @@ GROWTH_SLOW = 4
 @dataclass(slots=True)
 class LoopLimit:
     """Additive-increase/multiplicative-decrease of the global bound on event-loop lag
-    (pure: the caller measures). Growth is multiplicative too (an eighth per tick) so
-    that slow targets reach thousands in flight within seconds."""
+    (pure: the caller measures). Growth is multiplicative too (``GROWTH``) so that slow
+    targets reach thousands in flight within seconds."""
 
     ceiling: int
     floor: int = FLOOR
