@@ -54,7 +54,8 @@ def test_a_hang_answers_after_the_hang_and_counts_as_open_meanwhile() -> None:
             time.sleep(0.1)
             assert farm.stats()["open"] == 1
             assert [status_of(a) for a in _answers(sock, 1)] == [200]
-            assert time.monotonic() - started >= 0.4
+            # The farm's timer has the event loop's millisecond resolution.
+            assert time.monotonic() - started >= 0.39
         stats = farm.stats()
         assert (stats["hung"], stats["open"], stats["most_open"]) == (1, 0, 1)
         assert farm.arrivals()["msg_hung"][0][1] is True
