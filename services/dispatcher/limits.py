@@ -47,6 +47,7 @@ import asyncio
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # The loop's lag is sampled every TICK: a timer's lateness is how long a callback waits
@@ -271,13 +272,16 @@ class TargetLimits:
         self._total.resize(self._loop_limit.update(lag, full, self.typical_attempt))
         return self._total.limit
 
-    async def run(self) -> None:
-        """Sample the loop's lag every TICK and adapt the bound, until cancelled."""
+    async def run(self, on_tick: Callable[[int], object] | None = None) -> None:
+        """Sample the loop's lag every TICK and adapt the bound, until cancelled;
+        ``on_tick`` is then told the requests in flight."""
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + TICK
             await asyncio.sleep(TICK)
             self.adapt(max(loop.time() - due, 0.0))
+            if on_tick is not None:
+                on_tick(self.in_flight)
 
     def _give_back(self, lane: _Lane) -> None:
         """Hand the slot to the first live waiter, or make it free."""
