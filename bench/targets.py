@@ -663,6 +663,7 @@ def floor_rows(floor: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, A
     rows = []
     for client in client_floor.CLIENTS:
         instant, slow = floor[client, "instant"], floor[client, "slow"]
+        busy = slow["rate"] * slow["cpu_us"] / 1e6
         rows += [
             row(f"bare {client} client, CPU per request, instant targets",
                 round(instant["cpu_us"]), "us",
@@ -670,9 +671,11 @@ def floor_rows(floor: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, A
                 "broker, database or signing"),
             row(f"bare {client} client, CPU per request, slow targets", round(slow["cpu_us"]),
                 "us", f"{slow['rate']:,.0f}/s with {client_floor.SLOW_OPEN:,} open, "
-                f"{slow['connections']:,} connections"),
+                f"{slow['connections']:,} connections; the process busy {busy:.0%} of a core"),
             row(f"bare {client} client, instant/slow CPU per request",
                 round(100 * instant["cpu_us"] / slow["cpu_us"], 1), "%",
-                "the ratio a CPU-bound process made of this client alone would reach"),
+                "an upper bound on this client's share of the gap, not what a CPU-bound "
+                "process would reach: the slow loop also waits, and a loop woken for a few "
+                "answers at a time spends more per request than a saturated one"),
         ]  # fmt: skip
     return rows

@@ -9,7 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import make_engine
 from shared.settings import Settings
+from tests.support import loopback_only
 from tests.support.stack import IsolatedStack
+
+# No DNS query leaves the machine from this process either (see the module).
+loopback_only.install()
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,14 @@ and a DNS query for one would leave the machine."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
+import pytest
+from aiohttp import resolver as aiohttp_resolver
+
+from tests.support import loopback_only
 from tests.support.stack import ROOT, IsolatedStack
 
 PROBE = """
@@ -41,3 +46,20 @@ def test_a_service_process_resolves_only_loopback_names(stack: IsolatedStack) ->
     assert out["resolver"] == "LoopbackOnlyResolver"
     assert out["example.com"].startswith("DNS lookup failed: example.com: not resolved")
     assert set(out["localhost"]) <= {"127.0.0.1", "::1"}
+
+
+def test_the_test_process_resolves_only_loopback_names() -> None:
+    # The guard is installed (tests/conftest.py); called directly, it refuses before any
+    # lookup, so this test sends nothing even if the guard were missing.
+    assert socket.getaddrinfo is loopback_only._guarded_getaddrinfo
+    with pytest.raises(socket.gaierror, match="not resolved in a test run"):
+        loopback_only._guarded_getaddrinfo("example.com", 443)
+    assert aiohttp_resolver.DefaultResolver is loopback_only.LoopbackOnlyResolver
+
+
+def test_only_localhost_and_numeric_addresses_are_resolved() -> None:
+    for host in ("localhost", "LOCALHOST", b"localhost", "127.0.0.1", "::1", "10.0.0.1", None):
+        assert loopback_only.allowed(host), host
+    refused = ("example.com", "localhost.", "localhost.example.com", "metadata.internal", "")
+    for host in refused:
+        assert not loopback_only.allowed(host), host
