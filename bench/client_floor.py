@@ -9,12 +9,17 @@ garbage collection settings (``tune_gc``), and nothing else (no broker, no datab
 signing). One child process per client and shape, each printing one JSON line:
 
 - ``instant``: the farm answers at once, 64 requests open (enough to saturate the loop);
+- ``wide``: the farm answers at once, ``SLOW_OPEN`` requests open: what holding that many
+  open costs by itself (every part of the loop's work gets dearer as the memory it
+  touches grows), apart from waiting;
 - ``slow``: median 150 ms, sigma 0.6, no hangs, ``SLOW_OPEN`` requests open (about what
-  the dispatcher's adaptive bound holds there).
+  the dispatcher's adaptive bound holds there). This loop is not CPU-bound (~45 % of a
+  core): woken for a few answers at a time, it spends more per request than a busy one.
 
 Each request goes to the next target round-robin. CPU per request is the child's own.
 
-Run alone: ``python -m bench.client_floor hookstream instant`` (or ``aiohttp``, ``slow``).
+Run alone: ``python -m bench.client_floor hookstream instant`` (or ``aiohttp``; ``wide``,
+``slow``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from tests.support.target_farm import TargetFarm
 TARGETS = 1000
 REQUESTS = int(os.environ.get("BENCH_CLIENT_FLOOR_N", "30000"))
 CLIENTS = ("hookstream", "aiohttp")
+SHAPES = ("instant", "wide", "slow")
 INSTANT_OPEN = 64
 SLOW_OPEN = 2000
 PAYLOAD = b'{"type": "order.created", "data": {"n": 1}}' * 7  # ~300 bytes, as the bench's
@@ -116,7 +122,8 @@ def measure(client: str, shape: str) -> dict[str, Any]:
     with TargetFarm(TARGETS, **farm_args) as farm:
         urls = [farm.url(n) for n in range(TARGETS)]
         tune_gc()
-        result = uvloop.run(_drive(client, urls, SLOW_OPEN if slow else INSTANT_OPEN))
+        open_requests = INSTANT_OPEN if shape == "instant" else SLOW_OPEN
+        result = uvloop.run(_drive(client, urls, open_requests))
         result["connections"] = farm.stats().get("connections", 0)
     return {"client": client, "shape": shape, **result}
 

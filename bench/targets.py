@@ -651,7 +651,7 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
     floor = {
         (client, shape): client_floor.in_child(client, shape)
         for client in client_floor.CLIENTS
-        for shape in ("instant", "slow")
+        for shape in client_floor.SHAPES
     }
     return rows_for(runs) + floor_rows(floor)
 
@@ -662,13 +662,18 @@ def floor_rows(floor: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, A
     dispatcher's (``http1.py``), ``aiohttp`` the one it replaced."""
     rows = []
     for client in client_floor.CLIENTS:
-        instant, slow = floor[client, "instant"], floor[client, "slow"]
+        instant, wide, slow = (floor[client, shape] for shape in client_floor.SHAPES)
         busy = slow["rate"] * slow["cpu_us"] / 1e6
         rows += [
             row(f"bare {client} client, CPU per request, instant targets",
                 round(instant["cpu_us"]), "us",
                 f"{instant['rate']:,.0f}/s with {client_floor.INSTANT_OPEN} open; no "
                 "broker, database or signing"),
+            row(f"bare {client} client, CPU per request, instant targets, "
+                f"{client_floor.SLOW_OPEN:,} open", round(wide["cpu_us"]), "us",
+                f"{wide['rate']:,.0f}/s, {wide['connections']:,} connections: "
+                f"{wide['cpu_us'] - instant['cpu_us']:+.0f} µs per request for holding "
+                "that many open, without waiting"),
             row(f"bare {client} client, CPU per request, slow targets", round(slow["cpu_us"]),
                 "us", f"{slow['rate']:,.0f}/s with {client_floor.SLOW_OPEN:,} open, "
                 f"{slow['connections']:,} connections; the process busy {busy:.0%} of a core"),

@@ -22,7 +22,10 @@ def test_the_floor_reuses_one_connection_per_instant_target(
     assert result["rate"] > 0
     slow = {**result, "cpu_us": 2 * result["cpu_us"]}
     rows = targets.floor_rows(
-        {(c, s): result if s == "instant" else slow for c in client_floor.CLIENTS
-         for s in ("instant", "slow")}
+        {(c, s): result if s != "slow" else slow for c in client_floor.CLIENTS
+         for s in client_floor.SHAPES}
     )  # fmt: skip
     assert [r["value"] for r in rows if r["unit"] == "%"] == [50.0, 50.0]
+    wide = [r for r in rows if r["metric"].endswith(f"{client_floor.SLOW_OPEN:,} open")]
+    assert len(wide) == 2
+    assert all("+0 µs per request" in r["note"] for r in wide)
