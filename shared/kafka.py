@@ -6,11 +6,47 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.conn import AIOKafkaConnection, CloseReason
+from aiokafka.errors import KafkaConnectionError
 
 from shared.logging import get_logger
 from shared.settings import Settings
 
 log = get_logger("kafka")
+
+
+def _send_broken_is_a_connection_error() -> None:
+    """A request written to a broker connection that just closed fails as a connection
+    error, as aiokafka expects, on uvloop too.
+
+    aiokafka catches ``OSError`` from the write; uvloop's transports raise
+    ``RuntimeError("... the handler is closed")`` instead (aiokafka #1038, open). Raised
+    inside the consumer's coordination routine, that error ended the routine for good:
+    every later poll failed with "Unexpected error during coordination" while the
+    consumer stayed in its group, so its partitions were never read again. The cluster
+    fault test lost 635 deliveries that way when two brokers were killed.
+    """
+    send = AIOKafkaConnection.send
+    if getattr(send, "hookstream_wrapped", False):
+        return
+
+    def guarded(self: AIOKafkaConnection, request: Any, expect_response: bool = True) -> Any:
+        try:
+            return send(self, request, expect_response)
+        except RuntimeError as err:
+            writer = self._writer
+            if writer is None or not writer.transport.is_closing():
+                raise  # not a write on a closed connection
+            self.close(reason=CloseReason.CONNECTION_BROKEN)
+            raise KafkaConnectionError(
+                f"Connection at {self.host}:{self.port} broken: {err}"
+            ) from err
+
+    guarded.hookstream_wrapped = True  # type: ignore[attr-defined]
+    AIOKafkaConnection.send = guarded
+
+
+_send_broken_is_a_connection_error()
 
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
