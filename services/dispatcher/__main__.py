@@ -48,7 +48,7 @@ def tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(gcpace.BASE, gcpace.GEN1_EVERY // gcpace.BASE, 100)
+    gc.set_threshold(*gcpace.thresholds(0, 100))  # the pace for no request open
 
 
 def drain_timeout(settings: Settings) -> float:

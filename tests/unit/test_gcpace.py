@@ -15,7 +15,7 @@ from services.dispatcher.limits import TargetLimits
 @pytest.fixture
 def thresholds() -> Iterator[None]:
     saved = gc.get_threshold()
-    gc.set_threshold(gcpace.BASE, gcpace.GEN1_EVERY // gcpace.BASE, 100)
+    gc.set_threshold(*gcpace.thresholds(0, 100))  # as tune_gc leaves them
     try:
         yield
     finally:
