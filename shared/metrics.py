@@ -29,6 +29,10 @@ ATTEMPT_SECONDS = Histogram(
 )
 RETRIES = Counter("hookstream_retries_total", "Jobs sent to a retry tier, by tier.", ["tier"])
 DLQ = Counter("hookstream_dlq_total", "Jobs written to the dead-letter topic.")
+COPIES_DROPPED = Counter(
+    "hookstream_retry_copies_dropped_total",
+    "Copies of a retry job dropped unsent: another copy made their attempt.",
+)
 IN_FLIGHT = Gauge("hookstream_in_flight_deliveries", "Deliveries currently in flight.")
 IN_FLIGHT_LIMIT = Gauge(
     "hookstream_in_flight_limit",

@@ -194,8 +194,11 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         # Taken here, in offset order: an ordered subscription's jobs are queued in it.
         ticket = self._delivery.ticket(job)
         run = self._delivery.run
+        # Where a retry was read from: its claim on the attempt (claims.py).
+        source = f"{part.tp.partition}:{offset}" if job.attempt > 1 else None
         self._spawn(
-            lambda: run(job, progress, ticket), Work(part, [offset], len(job.body), progress)
+            lambda: run(job, progress, ticket, source),
+            Work(part, [offset], len(job.body), progress),
         )
 
     def _submit_events(self, part: Partition, records: Sequence[Any]) -> None:

@@ -27,6 +27,7 @@ from yarl import URL
 
 from services.dispatcher.attempts import AttemptRow, AttemptWriter, attempt_row
 from services.dispatcher.breaker_gate import BreakerGate
+from services.dispatcher.claims import AttemptClaims, claim_ttl
 from services.dispatcher.delivery import (
     Decision,
     Outcome,
@@ -47,7 +48,15 @@ from shared import tracing
 from shared.breaker import target_of
 from shared.logging import get_logger
 from shared.matching import unavailable_reason
-from shared.metrics import ATTEMPT_SECONDS, DELIVERIES, DLQ, IN_FLIGHT, IN_FLIGHT_LIMIT, RETRIES
+from shared.metrics import (
+    ATTEMPT_SECONDS,
+    COPIES_DROPPED,
+    DELIVERIES,
+    DLQ,
+    IN_FLIGHT,
+    IN_FLIGHT_LIMIT,
+    RETRIES,
+)
 from shared.models import AttemptStatus, Subscription
 from shared.records import DeliveryJob
 from shared.retry_policy import next_retry
@@ -89,6 +98,10 @@ class Target:
     refused: str | None = None
 
 
+class CopyOfAttempt(Exception):
+    """Another copy of this job's record made (or is making) the attempt (claims.py)."""
+
+
 class Progress:
     """Set by the stage when the request starts: until then a job may be cancelled freely
     (on a rebalance) because nothing has reached the target."""
@@ -115,6 +128,7 @@ class DeliveryStage:
     # Ordered subscriptions' queues (ordered.py); set once the stage exists.
     ordered: OrderedQueues | None = None
     limits: TargetLimits = dataclasses.field(init=False)
+    claims: AttemptClaims = dataclasses.field(init=False)
     rates: StartRates = dataclasses.field(init=False, default_factory=StartRates)
     _targets: dict[str, Target] = dataclasses.field(init=False, default_factory=dict)
     _can_defer: bool = dataclasses.field(init=False, default=True)
@@ -133,6 +147,11 @@ class DeliveryStage:
             patience=LANE_PATIENCE if self._can_defer else None,
             adaptive=self.settings.adaptive_in_flight,
         )
+        self.claims = AttemptClaims(
+            self.redis,
+            self.settings.topic_prefix,
+            claim_ttl(self.settings.retry_schedule, self.settings.retry_jitter),
+        )
         # Read at scrape time rather than updated twice per delivery.
         limits = self.limits
         IN_FLIGHT.set_function(lambda: limits.in_flight)
@@ -143,18 +162,28 @@ class DeliveryStage:
         reads it (offset order); None without ordered delivery."""
         return None if self.ordered is None else self.ordered.order.ticket(job.subscription_id)
 
-    async def run(self, job: DeliveryJob, progress: Progress, ticket: Ticket | None = None) -> None:
+    async def run(
+        self,
+        job: DeliveryJob,
+        progress: Progress,
+        ticket: Ticket | None = None,
+        source: str | None = None,
+    ) -> None:
+        """``source`` names the record the job was read from (partition and offset): a
+        retry claims its attempt with it (claims.py)."""
         if not tracing.enabled:
-            await self._run(job, progress, ticket)
+            await self._run(job, progress, ticket, source)
             return
         # A consumer span, child of the job record's context, current while the job is
         # handled: the attempt and any retry are its children, its log lines carry it.
         attrs = {f"hookstream.{name}": value for name, value in job.log_fields().items()}
         span = tracing.start_consumer("deliver", self.topics.deliveries, job.extra, attrs)
         with tracing.activate(span):
-            await self._run(job, progress, ticket)
+            await self._run(job, progress, ticket, source)
 
-    async def _run(self, job: DeliveryJob, progress: Progress, ticket: Ticket | None) -> None:
+    async def _run(
+        self, job: DeliveryJob, progress: Progress, ticket: Ticket | None, source: str | None
+    ) -> None:
         try:
             sub = await self.cache.get(job.subscription_id, job.application_id)
         except asyncio.CancelledError:
@@ -174,7 +203,13 @@ class DeliveryStage:
             assert sub is not None
             if sub.rate_limit and not await self._within_rate(job, sub.rate_limit):
                 return
-            attempted = await self.try_once(job, sub, progress)
+            claim = source if job.attempt > 1 else None
+            try:
+                attempted = await self.try_once(job, sub, progress, claim)
+            except CopyOfAttempt:
+                COPIES_DROPPED.inc()
+                log.info("copy of a retry dropped: its attempt was made", **job.log_fields())
+                return
             if isinstance(attempted, str):
                 if not self._overdue(job):
                     await self._defer(job, attempted)
@@ -188,20 +223,25 @@ class DeliveryStage:
         await self._record(job, sub, target_url, outcome, duration_ms)
 
     async def try_once(
-        self, job: DeliveryJob, sub: SubscriptionView, progress: Progress | None = None
+        self,
+        job: DeliveryJob,
+        sub: SubscriptionView,
+        progress: Progress | None = None,
+        claim: str | None = None,
     ) -> tuple[Outcome, int | None] | str:
         """One attempt at ``job``: (outcome, duration in ms), or why it was not made (the
-        target's breaker is open, or its slots stayed busy)."""
+        target's breaker is open, or its slots stayed busy). With ``claim`` (the job's
+        source) the attempt is claimed first; a copy raises ``CopyOfAttempt``."""
         target = self._target(sub.target_url)
         if target.refused is not None:
             return Outcome.refused(target.refused), None
         progress = progress or Progress()
-        attempted = await self._attempt(job, sub, target, progress)
+        attempted = await self._attempt(job, sub, target, progress, claim)
         if not isinstance(attempted, str) and self._cut_short(*attempted):
             # Our stall, not the target's silence: on the record, then sent again at
             # once (once), with nothing counted against the target.
             await self._record_interrupted(job, sub.target_url, *attempted)
-            attempted = await self._attempt(job, sub, target, progress)
+            attempted = await self._attempt(job, sub, target, progress, claim)
         if isinstance(attempted, str):
             return attempted
         await self._record_health(target, attempted[0])
@@ -273,7 +313,12 @@ class DeliveryStage:
     # --- the attempt --------------------------------------------------------------
 
     async def _attempt(
-        self, job: DeliveryJob, sub: SubscriptionView, target: Target, progress: Progress
+        self,
+        job: DeliveryJob,
+        sub: SubscriptionView,
+        target: Target,
+        progress: Progress,
+        claim: str | None,
     ) -> tuple[Outcome, int] | str:
         """(outcome, duration in ms), or why the job is put aside unattempted: the
         target's breaker is open, or its slots stayed busy for ``LANE_PATIENCE``.
@@ -297,6 +342,17 @@ class DeliveryStage:
             if not allowed:
                 limits.release(target.key)
                 return f"circuit open for {target.key}: not attempted"
+        # Claimed only once the request can go: a job put aside above comes back as a
+        # new record with the same attempt, and must not find it taken.
+        if claim is not None:
+            try:
+                taken = await self.claims.take(job.delivery_id, job.attempt, claim)
+            except BaseException:
+                limits.release(target.key)
+                raise
+            if not taken:
+                limits.release(target.key)
+                raise CopyOfAttempt
         progress.sending = True
         started = time.perf_counter()
         try:
@@ -387,6 +443,12 @@ class DeliveryStage:
         if follow_up:
             await self.publisher.publish(follow_up)
         await row_durable
+        if decision.status is not AttemptStatus.FAILED_ATTEMPT and (
+            job.attempt > 1 or decision.status is AttemptStatus.FAILURE
+        ):
+            # Durable now: a copy of this job still on a tier must not start over. A
+            # first attempt's success is not marked (a key for every delivery).
+            await self.claims.end(job.delivery_id)
         await self.after(job, sub, target_url, outcome, decision)
 
     def conclude(

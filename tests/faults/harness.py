@@ -40,7 +40,6 @@ import signal
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from shared.topics import Topics
 from tests.support.broker import IngestServer, TopicProbe
 from tests.support.private_stack import PrivateNamespace
 from tests.support.procs import ServiceProcess
+from tests.support.waiting import wait_until
 
 RATE = 80.0  # requests per second
 WARM_UP = 800  # 202s before the fault (~10 s)
@@ -72,31 +72,6 @@ HEALTHY = 6
 
 # Every scenario's line, printed again in the terminal summary (tests/faults/conftest.py).
 REPORT_LINES: list[str] = []
-
-
-# --- waiting ------------------------------------------------------------------------
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool] | bool],
-    *,
-    timeout: float,
-    what: str,
-    every: float = 0.2,
-    details: Callable[[], str] | None = None,
-) -> float:
-    """Poll ``condition`` until true; returns the seconds it took. Raises on the deadline."""
-    started = time.monotonic()
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            extra = f"\n{details()}" if details else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        await asyncio.sleep(every)
 
 
 # --- subscriptions and targets ------------------------------------------------------

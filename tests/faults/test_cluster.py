@@ -22,8 +22,9 @@ from tests.faults.cluster import (
     replication_configs,
     unavailability,
 )
-from tests.faults.harness import SESSION_TIMEOUT, FaultRun, wait_until
+from tests.faults.harness import SESSION_TIMEOUT, FaultRun
 from tests.support.private_stack import PrivateNamespace, PrivateStack
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Answer, FaultRun, query, wait_until
+from tests.faults.harness import Answer, FaultRun, query
 from tests.support.private_stack import Component, PrivateNamespace
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(420)]
 

@@ -23,10 +23,10 @@ from tests.faults.harness import (
     dead_letter_ids,
     ids_with_status,
     query,
-    wait_until,
 )
 from tests.faults.test_worker_crashes import RetryBacklog
 from tests.support.private_stack import PrivateNamespace
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -19,8 +19,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.topics import Topics
-from tests.faults.harness import SESSION_TIMEOUT, FaultRun, assignments, query, wait_until
+from tests.faults.harness import SESSION_TIMEOUT, FaultRun, assignments, query
 from tests.support.private_stack import PrivateNamespace
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(420)]
 

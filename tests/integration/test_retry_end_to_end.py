@@ -8,6 +8,7 @@ and the evidence is what the target saw, the attempt rows and the dead-letter to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -25,12 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.db import make_sessionmaker
 from shared.kafka import make_producer
 from shared.models import DeliveryAttempt, Subscription
-from shared.records import EventRecord, delivery_id_for
+from shared.records import DeliveryJob, EventRecord, delivery_id_for
 from shared.settings import Settings
 from shared.topics import Topics
 from tests.integration.test_retry_scheduler import tier_settings
 from tests.support.procs import ServiceProcess
 from tests.support.stack import IsolatedStack
+from tests.support.waiting import wait_until
 
 __all__ = ["tier_settings"]  # the fixture, imported so pytest finds it here
 
@@ -91,8 +94,8 @@ async def subscribe(engine: AsyncEngine, url: str) -> uuid.UUID:
     return sub_id
 
 
-async def send_event(settings: Settings, subscription_id: uuid.UUID, body: bytes) -> uuid.UUID:
-    event = EventRecord(
+def make_event(subscription_id: uuid.UUID, body: bytes) -> EventRecord:
+    return EventRecord(
         event_id=uuid.uuid4(),
         event_type="invoice.paid",
         received_at=datetime.now(UTC),
@@ -100,15 +103,49 @@ async def send_event(settings: Settings, subscription_id: uuid.UUID, body: bytes
         body=body,
         subscription_id=subscription_id,
     )
+
+
+async def publish(settings: Settings, topic: str, records: list[tuple[bytes, bytes, Any]]) -> None:
+    """(key, value, headers) records, acknowledged by the broker, in this order."""
     producer = make_producer(settings)
     await producer.start()
     try:
-        await producer.send_and_wait(
-            Topics.from_settings(settings).events, body, key=event.key, headers=event.headers()
-        )
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
+
+
+async def send_event(settings: Settings, subscription_id: uuid.UUID, body: bytes) -> uuid.UUID:
+    event = make_event(subscription_id, body)
+    record = (event.key, body, event.headers())
+    await publish(settings, Topics.from_settings(settings).events, [record])
     return delivery_id_for(event.event_id, subscription_id)
+
+
+async def send_retry_copies(
+    settings: Settings, subscription_id: uuid.UUID, attempt: int, copies: int
+) -> DeliveryJob:
+    """``copies`` identical records of one retry job on the deliveries topic, as a retry
+    scheduler killed before its commit re-publishes them."""
+    job = DeliveryJob.for_event(make_event(subscription_id, b'{"n": 4}'), subscription_id)
+    job = dataclasses.replace(job, attempt=attempt, due_at=datetime.now(UTC), last_error="HTTP 500")
+    await send_job_copies(settings, job, copies)
+    return job
+
+
+async def send_job_copies(settings: Settings, job: DeliveryJob, copies: int) -> None:
+    record = (job.key, job.body, job.headers())
+    await publish(settings, Topics.from_settings(settings).deliveries, [record] * copies)
+
+
+async def dispatcher_log_has(procs: list[ServiceProcess], text: str, count: int) -> None:
+    dispatcher = next(p for p in procs if p.name == "dispatcher")
+
+    async def seen() -> bool:
+        return dispatcher.log().count(text) >= count
+
+    await wait_until(seen, timeout=30, what=f"{count} x {text!r} in the dispatcher's log")
 
 
 async def attempts_until_terminal(
@@ -245,3 +282,28 @@ async def test_gone_on_a_retry_stops_at_once_and_deactivates(
     assert sub.is_active is False
     assert sub.deactivated_reason
     assert await dead_letters(tier_settings, delivery_id) == 1
+
+
+async def test_copies_of_a_retry_make_one_chain_and_a_copy_after_the_end_is_dropped(
+    tier_settings: Settings, engine: AsyncEngine, target: Target, services: list[ServiceProcess]
+) -> None:
+    # Two chains of one delivery could end one in FAILURE and one in SUCCESS: the copy
+    # of attempt 2 must not make a request of its own.
+    target.replies["/copied"] = lambda n: web.Response(status=500 if n <= 2 else 200)
+    sub_id = await subscribe(engine, f"{target.base}/copied")
+    job = await send_retry_copies(tier_settings, sub_id, attempt=2, copies=2)
+    dropped = f'"delivery_id": "{job.delivery_id}", '
+    await dispatcher_log_has(services, "copy of a retry dropped", 1)
+    rows = await attempts_until_terminal(engine, job.delivery_id, services, timeout=60)
+    assert [(r.attempt_number, r.status) for r in rows] == [
+        (2, "FAILED_ATTEMPT"),
+        (3, "FAILED_ATTEMPT"),
+        (4, "SUCCESS"),
+    ]
+    assert len(target.seen["/copied"]) == 3
+    # A copy of attempt 3 still on a tier when the delivery ended: dropped unsent.
+    await send_job_copies(tier_settings, job.next_attempt(datetime.now(UTC), "HTTP 500"), 1)
+    await dispatcher_log_has(services, "copy of a retry dropped", 2)
+    log = next(p for p in services if p.name == "dispatcher").log()
+    assert log.count(dropped) >= 2
+    assert len(target.seen["/copied"]) == 3
