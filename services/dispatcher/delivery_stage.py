@@ -98,6 +98,10 @@ class Target:
     refused: str | None = None
 
 
+# The log event of a dropped copy (tests and the fault harness count it).
+COPY_DROPPED = "copy of a retry dropped: its attempt was made"
+
+
 class CopyOfAttempt(Exception):
     """Another copy of this job's record made (or is making) the attempt (claims.py)."""
 
@@ -208,7 +212,7 @@ class DeliveryStage:
                 attempted = await self.try_once(job, sub, progress, claim)
             except CopyOfAttempt:
                 COPIES_DROPPED.inc()
-                log.info("copy of a retry dropped: its attempt was made", **job.log_fields())
+                log.info(COPY_DROPPED, **job.log_fields())
                 return
             if isinstance(attempted, str):
                 if not self._overdue(job):

@@ -48,6 +48,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from services.dispatcher.delivery_stage import COPY_DROPPED
 from shared.records import delivery_id_for
 from shared.signing import hub_signature
 from shared.topics import Topics
@@ -445,6 +446,11 @@ class Services:
         held = [name for a in latest for name in a[-1]]
         return len(set(held)) == self.retry_partitions == len(held)
 
+    def copies_dropped(self) -> int:
+        """Copies of retry jobs the dispatchers dropped unsent (attempt claims)."""
+        procs = self.dispatchers + [p for p in self.retired if p.name == "dispatcher"]
+        return sum(len(log_events(p, COPY_DROPPED)) for p in procs)
+
     def tails(self, chars: int = 2500) -> str:
         procs = self.running() + self.retired
         return "\n".join(f"--- {p.name} ({p.log_path.name})\n{p.log()[-chars:]}" for p in procs)
@@ -780,6 +786,8 @@ class FaultRun:
         if dead:
             report.notes.append(f"processes that died on their own: {dead}")
         tails = self.services.tails()
+        if copies := self.services.copies_dropped():
+            report.notes.append(f"{copies} copies of retry jobs dropped unsent (attempt claims)")
         bad_exits = await asyncio.to_thread(self.services.stop_all)
         if bad_exits:
             report.notes.append(f"non-zero exit codes: {bad_exits}")

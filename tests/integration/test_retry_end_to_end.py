@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.dispatcher.delivery_stage import COPY_DROPPED
 from shared.db import make_sessionmaker
 from shared.kafka import make_producer
 from shared.models import DeliveryAttempt, Subscription
@@ -293,7 +294,7 @@ async def test_copies_of_a_retry_make_one_chain_and_a_copy_after_the_end_is_drop
     sub_id = await subscribe(engine, f"{target.base}/copied")
     job = await send_retry_copies(tier_settings, sub_id, attempt=2, copies=2)
     dropped = f'"delivery_id": "{job.delivery_id}", '
-    await dispatcher_log_has(services, "copy of a retry dropped", 1)
+    await dispatcher_log_has(services, COPY_DROPPED, 1)
     rows = await attempts_until_terminal(engine, job.delivery_id, services, timeout=60)
     assert [(r.attempt_number, r.status) for r in rows] == [
         (2, "FAILED_ATTEMPT"),
@@ -303,7 +304,7 @@ async def test_copies_of_a_retry_make_one_chain_and_a_copy_after_the_end_is_drop
     assert len(target.seen["/copied"]) == 3
     # A copy of attempt 3 still on a tier when the delivery ended: dropped unsent.
     await send_job_copies(tier_settings, job.next_attempt(datetime.now(UTC), "HTTP 500"), 1)
-    await dispatcher_log_has(services, "copy of a retry dropped", 2)
+    await dispatcher_log_has(services, COPY_DROPPED, 2)
     log = next(p for p in services if p.name == "dispatcher").log()
     assert log.count(dropped) >= 2
     assert len(target.seen["/copied"]) == 3
