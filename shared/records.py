@@ -154,6 +154,10 @@ class DeliveryJob:
     # An ordered subscription's sequence number (``webhook-sequence``). Set by the
     # dispatcher from its queue (services/dispatcher/ordered.py), never carried in a record.
     sequence: int | None = field(default=None, compare=False)
+    # Which run of the delivery this is: "" for the one its event started, an id for a
+    # manual retry, a replay or a backfill. Its retries carry it on, and copies of a retry
+    # claim their attempt within their run (services/dispatcher/claims.py).
+    run: str = ""
 
     @classmethod
     def for_event(cls, event: EventRecord, subscription_id: uuid.UUID) -> Self:
@@ -205,6 +209,8 @@ class DeliveryJob:
         if self.last_error is not None:
             # Headers are not for payloads: keep the error short.
             h.append(("last_error", self.last_error[:500].encode()))
+        if self.run:
+            h.append(("run", self.run.encode()))
         h.extend(self.extra.items())
         return h
 
@@ -214,7 +220,7 @@ class DeliveryJob:
         known = {
             "delivery_id", "event_id", "subscription_id", "event_type", "attempt",
             "first_received_at", "content_type", "trigger", "due_at", "last_error",
-            "application_id",
+            "application_id", "run",
         }  # fmt: skip
         try:
             attempt = int(_req(h, "attempt"))
@@ -233,5 +239,6 @@ class DeliveryJob:
             due_at=_ts(h, "due_at") if "due_at" in h else None,
             last_error=h["last_error"].decode(errors="replace") if "last_error" in h else None,
             application_id=_application(h),
+            run=h["run"].decode(errors="replace") if "run" in h else "",
             extra={k: v for k, v in h.items() if k not in known},
         )

@@ -79,6 +79,13 @@ def attempt_row(
     )
 
 
+# ix_attempts_delivery serves it, one index probe per attempt partition from ``since``.
+_SUCCEEDED = """
+SELECT 1 FROM delivery_attempts
+WHERE delivery_id = $1 AND created_at >= $2 AND status = 'SUCCESS' LIMIT 1
+"""
+
+
 class AttemptWriter(RowWriter[tuple[AttemptRow, Streak | None]]):
     """``write(row)`` resolves once the row is committed (COPY, a batch at a time).
 
@@ -104,6 +111,16 @@ class AttemptWriter(RowWriter[tuple[AttemptRow, Streak | None]]):
 
     def write(self, row: AttemptRow, streak: Streak | None = None) -> asyncio.Future[None]:
         return self._batch.add((row, streak))
+
+    async def succeeded(self, delivery_id: uuid.UUID, since: datetime) -> bool:
+        """Has the delivery a SUCCESS row (attempts made from ``since`` on)? When the
+        database does not answer: False (a duplicate at worst, never a loss)."""
+        try:
+            async with self._pool.acquire() as conn:
+                return await conn.fetchval(_SUCCEEDED, delivery_id, since) is not None
+        except Exception as exc:
+            log.warning("success not checked", delivery_id=str(delivery_id), error=repr(exc))
+            return False
 
     async def _copy(self, items: list[tuple[AttemptRow, Streak | None]]) -> None:
         async with self._pool.acquire() as conn:

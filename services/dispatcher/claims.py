@@ -20,6 +20,10 @@ is sent (its slot and the breaker are granted), the job claims its attempt:
 A retry that ends the delivery (SUCCESS or FAILURE) marks it ended once its row and dead
 letter are durable, so a copy still waiting on a tier cannot start over.
 
+Claims are kept per *run* (``DeliveryJob.run``): a manual retry, a replay or a backfill
+sends an ended delivery again on purpose, and its retries are not copies of the first
+run's.
+
 First attempts are not claimed: that would cost a Redis round trip and a key for every
 delivery, where copies of a first attempt are rare (a dispatcher crash) and fork a chain
 only when both copies fail, which the second attempt's claim then closes.
@@ -71,23 +75,24 @@ class AttemptClaims:
         self._ttl = ttl
         self._claim = redis.register_script(_CLAIM)
 
-    def _key(self, delivery_id: uuid.UUID) -> str:
-        return f"{self._prefix}:claim:{delivery_id}"
+    def _key(self, delivery_id: uuid.UUID, run: str) -> str:
+        key = f"{self._prefix}:claim:{delivery_id}"
+        return f"{key}:{run}" if run else key
 
-    async def take(self, delivery_id: uuid.UUID, attempt: int, source: str) -> bool:
+    async def take(self, delivery_id: uuid.UUID, run: str, attempt: int, source: str) -> bool:
         """May this job make ``attempt`` (True), or is it a copy of one that has (False)?"""
         try:
             taken = await self._claim(
-                keys=[self._key(delivery_id)], args=[attempt, source, self._ttl]
+                keys=[self._key(delivery_id, run)], args=[attempt, source, self._ttl]
             )
         except Exception as exc:  # Redis down: send (a duplicate at worst)
             log.warning("attempt claim not checked", delivery_id=str(delivery_id), error=repr(exc))
             return True
         return bool(taken)
 
-    async def end(self, delivery_id: uuid.UUID) -> None:
-        """The delivery has its terminal row: every copy still on its way is dropped."""
+    async def end(self, delivery_id: uuid.UUID, run: str) -> None:
+        """The run has its terminal row: every copy of it still on its way is dropped."""
         try:
-            await self._redis.set(self._key(delivery_id), ENDED, ex=self._ttl)
+            await self._redis.set(self._key(delivery_id, run), ENDED, ex=self._ttl)
         except Exception as exc:
             log.warning("delivery end not marked", delivery_id=str(delivery_id), error=repr(exc))

@@ -99,11 +99,12 @@ class Target:
 
 
 # The log event of a dropped copy (tests and the fault harness count it).
-COPY_DROPPED = "copy of a retry dropped: its attempt was made"
+COPY_DROPPED = "copy of a retry dropped"
 
 
 class CopyOfAttempt(Exception):
-    """Another copy of this job's record made (or is making) the attempt (claims.py)."""
+    """Another copy of this job made (or is making) its attempt, or ended its delivery
+    (claims.py); the message says which."""
 
 
 class Progress:
@@ -210,9 +211,9 @@ class DeliveryStage:
             claim = source if job.attempt > 1 else None
             try:
                 attempted = await self.try_once(job, sub, progress, claim)
-            except CopyOfAttempt:
+            except CopyOfAttempt as copy:
                 COPIES_DROPPED.inc()
-                log.info(COPY_DROPPED, **job.log_fields())
+                log.info(COPY_DROPPED, **job.log_fields(), reason=str(copy))
                 return
             if isinstance(attempted, str):
                 if not self._overdue(job):
@@ -350,13 +351,10 @@ class DeliveryStage:
         # new record with the same attempt, and must not find it taken.
         if claim is not None:
             try:
-                taken = await self.claims.take(job.delivery_id, job.attempt, claim)
+                await self._claim(job, claim)
             except BaseException:
                 limits.release(target.key)
                 raise
-            if not taken:
-                limits.release(target.key)
-                raise CopyOfAttempt
         progress.sending = True
         started = time.perf_counter()
         try:
@@ -389,6 +387,20 @@ class DeliveryStage:
             limits.release(target.key, elapsed)
         ATTEMPT_SECONDS.observe(elapsed)
         return outcome, int(elapsed * 1000)
+
+    async def _claim(self, job: DeliveryJob, source: str) -> None:
+        """Claim the job's attempt, or raise ``CopyOfAttempt`` (claims.py)."""
+        if not await self.claims.take(job.delivery_id, job.run, job.attempt, source):
+            raise CopyOfAttempt("another copy made this attempt, or the delivery ended")
+        # Copies of a first attempt are not claimed, and one that succeeded is not marked
+        # ended: the second attempt of a copy that failed finds its SUCCESS row instead.
+        # Only in the event's own run: a later run may resend a delivery that succeeded.
+        if (
+            job.attempt == 2
+            and not job.run
+            and await self.attempts.succeeded(job.delivery_id, job.first_received_at)
+        ):
+            raise CopyOfAttempt("another copy of its first attempt succeeded")
 
     def _target(self, raw: str) -> Target:
         target = self._targets.get(raw)
@@ -452,7 +464,7 @@ class DeliveryStage:
         ):
             # Durable now: a copy of this job still on a tier must not start over. A
             # first attempt's success is not marked (a key for every delivery).
-            await self.claims.end(job.delivery_id)
+            await self.claims.end(job.delivery_id, job.run)
         await self.after(job, sub, target_url, outcome, decision)
 
     def conclude(

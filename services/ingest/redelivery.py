@@ -77,6 +77,8 @@ def _job(
         content_type=event.content_type,
         body=event.body,
         trigger=trigger,
+        # A run of its own: its retries must not be taken for copies of an earlier run's.
+        run=uuid.uuid4().hex,
     )
 
 

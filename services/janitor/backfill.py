@@ -318,7 +318,12 @@ class Backfill:
         # A test event was an example sent once, not history to replay.
         if event.trigger == TEST_TRIGGER or not takes(self.sub, event, Payload(event.body)):
             return None
-        return replace(DeliveryJob.for_event(event, self.sub.id), trigger=BACKFILL_TRIGGER)
+        # One run per backfill: a record it publishes twice (a crash) is the same run.
+        return replace(
+            DeliveryJob.for_event(event, self.sub.id),
+            trigger=BACKFILL_TRIGGER,
+            run=f"backfill-{self.job.id}",
+        )
 
     async def _publish(self, jobs: list[DeliveryJob]) -> int:
         """Publish the jobs whose delivery has not succeeded yet; returns how many."""

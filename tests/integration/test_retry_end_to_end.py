@@ -308,3 +308,9 @@ async def test_copies_of_a_retry_make_one_chain_and_a_copy_after_the_end_is_drop
     log = next(p for p in services if p.name == "dispatcher").log()
     assert log.count(dropped) >= 2
     assert len(target.seen["/copied"]) == 3
+    # Another run (a manual retry's) of the ended delivery is no copy: its retry goes.
+    rerun = dataclasses.replace(job, trigger="manual-retry", run="rerun")
+    await send_job_copies(tier_settings, rerun, 1)
+    await wait_until(
+        lambda: len(target.seen["/copied"]) == 4, timeout=30, what="the other run's attempt"
+    )

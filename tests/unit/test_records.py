@@ -1,3 +1,4 @@
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 
@@ -48,6 +49,18 @@ def test_delivery_job_round_trip_and_next_attempt() -> None:
     assert decoded.attempt == 2
     assert decoded.due_at == due
     assert decoded.last_error == "HTTP 500"
+
+
+def test_a_run_is_carried_by_its_retries_and_the_first_run_adds_no_header() -> None:
+    sub = uuid.uuid4()
+    job = DeliveryJob.for_event(_event(sub), sub)
+    assert job.run == ""
+    assert "run" not in dict(job.headers())
+    rerun = dataclasses.replace(job, trigger="manual-retry", run="r1")
+    retry = rerun.next_attempt(datetime(2026, 11, 29, 12, 0, 10, tzinfo=UTC), "HTTP 500")
+    decoded = DeliveryJob.decode(retry.body, retry.headers())
+    assert decoded.run == "r1"
+    assert "run" not in decoded.extra
 
 
 def test_undecodable_headers_raise_record_error() -> None:
