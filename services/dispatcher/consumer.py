@@ -194,8 +194,8 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         # Taken here, in offset order: an ordered subscription's jobs are queued in it.
         ticket = self._delivery.ticket(job)
         run = self._delivery.run
-        # Where a retry was read from: its claim on the attempt (claims.py).
-        source = f"{part.tp.partition}:{offset}" if job.attempt > 1 else None
+        # Where the job was read from: a retry's claim on its attempt (claims.py).
+        source = f"{part.tp.partition}:{offset}"
         self._spawn(
             lambda: run(job, progress, ticket, source),
             Work(part, [offset], len(job.body), progress),

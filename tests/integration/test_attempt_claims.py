@@ -64,8 +64,7 @@ async def test_an_ended_delivery_refuses_every_copy(claims: AttemptClaims) -> No
     assert await claims.take(uuid.uuid4(), "", 4, "0:1")
 
 
-async def test_a_claim_expires(redis: Redis, settings: Settings) -> None:
-    claims = AttemptClaims(redis, f"{settings.topic_prefix}-cl{secrets.token_hex(3)}", ttl=60)
+async def test_a_claim_expires(redis: Redis, claims: AttemptClaims) -> None:
     delivery = uuid.uuid4()
     assert await claims.take(delivery, "", 2, "0:1")
     (key,) = await redis.keys(f"*:claim:{delivery}")
