@@ -69,6 +69,7 @@ PARTITION_BACKLOG = 50_000
 FANOUT_CHUNK = 32
 _FANOUT_WAIT = RECORD_WAIT.labels("fanout")
 _DELIVERY_WAIT = RECORD_WAIT.labels("delivery")
+_NOT_PAUSED = (False, False, False)
 _RETRY_FIRST = 0.5
 _RETRY_MAX = 30.0
 
@@ -83,23 +84,22 @@ class Partition(PartitionOffsets):
         self.tp = tp
         self.bytes = 0
         # The limits the partition is paused for (records in progress, bytes held, records
-        # not yet committable); empty while it is not paused.
-        self.paused_for: tuple[bool, bool, bool] | tuple[()] = ()
+        # not yet committable); none while it is not paused.
+        self.paused_for = _NOT_PAUSED
         # Resolves once the last fan-out chunk handed to a task has sent its records.
         self.sent: asyncio.Future[None] | None = None
 
     @property
     def paused(self) -> bool:
-        return bool(self.paused_for)
+        return any(self.paused_for)
 
-    def over_limits(self) -> tuple[bool, bool, bool] | tuple[()]:
-        """Which limits the partition has reached; empty when none."""
-        over = (
+    def over_limits(self) -> tuple[bool, bool, bool]:
+        """Which limits the partition has reached."""
+        return (
             self.unfinished >= PARTITION_ACTIVE,
             self.bytes >= PARTITION_BYTES,
             self.pending >= PARTITION_BACKLOG,
         )
-        return over if any(over) else ()
 
     def can_resume(self) -> bool:
         """Every limit it was paused for is down to half.
@@ -107,11 +107,10 @@ class Partition(PartitionOffsets):
         Only those: while paused nothing grows, so the others stay under their limits.
         Requiring all three at half kept a partition paused for records in progress until
         a hung request's timeout whenever the records behind that request (not yet
-        committable) stood between half and the whole of their limit: with 1 % of
-        requests hanging for 10 s, a partition reading ~1,500 records a second is there
-        within seconds, and it sat idle with nothing left in progress.
+        committable) stood between half and the whole of their limit, which a busy
+        partition reaches within one timeout: it sat idle with nothing left in progress.
         """
-        active, size, backlog = self.paused_for or (False, False, False)
+        active, size, backlog = self.paused_for
         return (
             (not active or self.unfinished <= PARTITION_ACTIVE // 2)
             and (not size or self.bytes <= PARTITION_BYTES // 2)
@@ -200,7 +199,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
                 else:
                     for record in fresh:
                         self._submit_delivery(part, record.offset, record.value, record.headers)
-                if not part.paused and (over := part.over_limits()):
+                if not part.paused and any(over := part.over_limits()):
                     consumer.pause(tp)
                     part.paused_for = over
 
@@ -292,7 +291,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         for offset in work.offsets:
             part.finish(offset)
         if part.paused and part.can_resume() and self._parts.get(part.tp) is part:
-            part.paused_for = ()
+            part.paused_for = _NOT_PAUSED
             with contextlib.suppress(IllegalStateError):
                 self._consumer.resume(part.tp)
 

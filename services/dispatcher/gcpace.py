@@ -26,8 +26,8 @@ rescanned the open requests. Measured with 108,000 jobs against slow targets
 
 - 60 per open request: 13 young collections took 0.97 s, 75 ms each, and two gen-1
   collections took 0.35 s. That is 9 % of the dispatcher's CPU over the 19.6 s of load.
-  The pauses shrank the in-flight bound, and 4,994-5,050 deliveries/s came out (65 % of
-  the instant rate).
+  The pauses shrank the in-flight bound, and 4,994-5,050 deliveries/s came out (61 and
+  65 % of the instant rate in two pairs).
 - 400 per open request: no collection in 17 s of load, and 6,443 deliveries/s (84 %).
 
 From ~2,400 open requests on the threshold stays at ``CEILING``. So the young generation

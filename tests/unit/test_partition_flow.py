@@ -73,5 +73,5 @@ def test_paused_for_both_it_waits_for_both() -> None:
 @pytest.mark.usefixtures("small_limits")
 def test_under_every_limit_it_is_not_paused() -> None:
     part = _partition(range(3), [])
-    assert part.over_limits() == ()
+    assert part.over_limits() == (False, False, False)
     assert not part.paused
