@@ -41,6 +41,36 @@ class BreakerGate:
         # Targets with a failure the breaker has not yet seen a success after.
         self._failing: set[str] = set()
 
+    def allows_now(self, target: str) -> bool:
+        """True when ``allow`` would say yes without asking anyone: the memo is fresh, or
+        the breaker saw the target plainly closed lately (the memo is then renewed, as
+        ``allow`` would). False: ask ``allow``.
+
+        The hot path asks this first. Against targets slower than ``fresh`` the memo has
+        gone stale by a target's next request, so every request went through two
+        coroutines to the breaker's local view: ~1.4 µs per delivery, measured with the
+        memo stale and the view fresh, against ~0.1 µs here."""
+        now = self._clock()
+        seen = self._closed_at.get(target)
+        if seen is not None and now - seen < self._fresh:
+            return True
+        # Only a target the memo holds: a new one goes through ``allow``, which bounds it.
+        if seen is not None and self._breaker.closed_lately(target):
+            self._closed_at[target] = now
+            return True
+        return False
+
+    def quiet(self, target: str, ok: bool) -> bool:
+        """True when ``record(target, ok)`` would tell the breaker nothing: a success, no
+        failure of the target on the books here, and the memo fresh or the breaker's view
+        plainly closed lately. The hot path skips the call then (see ``allows_now``)."""
+        if not ok or target in self._failing:
+            return False
+        seen = self._closed_at.get(target)
+        if seen is not None and self._clock() - seen < self._fresh:
+            return True
+        return self._breaker.closed_lately(target)
+
     async def allow(self, target: str) -> bool:
         now = self._clock()
         seen = self._closed_at.get(target)

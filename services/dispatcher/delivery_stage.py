@@ -271,6 +271,8 @@ class DeliveryStage:
             # request; timeouts, connection errors and 5xx count against it. A refused
             # target (SSRF guard) says nothing about its health.
             alive = outcome.status_code is not None and outcome.status_code < 500
+            if self.breaker.quiet(target.key, alive):
+                return
             try:
                 await self.breaker.record(target.key, alive)
             except Exception as exc:  # never worth sending the request again
@@ -340,7 +342,9 @@ class DeliveryStage:
             return f"target {target.key} stalled ({LANE_PATIENCE:g}s, no answer): not attempted"
         if self.breaker is not None and self._can_defer:
             try:
-                allowed = await self.breaker.allow(target.key)
+                allowed = self.breaker.allows_now(target.key) or await self.breaker.allow(
+                    target.key
+                )
             except BaseException:
                 limits.release(target.key)
                 raise

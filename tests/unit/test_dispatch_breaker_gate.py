@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.dispatcher.breaker_gate import BreakerGate
-from shared.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from shared.breaker import CLOSED, BreakerConfig, BreakerState, CircuitBreaker
 
 
 class Clock:
@@ -101,3 +101,37 @@ async def test_a_success_while_a_failure_is_still_being_reported_reaches_the_bre
     reported.set()
     await failing
     assert breaker.told == [False, True]
+
+
+async def test_the_hot_path_checks_answer_as_allow_and_record_would() -> None:
+    """``allows_now`` and ``quiet`` skip the coroutines only where ``allow`` and ``record``
+    would not have asked or told the breaker anything."""
+    clock = Clock()
+    breaker = CountingBreaker(clock)
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    assert not gate.allows_now("e:80")  # never seen: ask
+    assert await gate.allow("e:80")
+    assert gate.allows_now("e:80")
+    assert gate.quiet("e:80", ok=True)
+    assert not gate.quiet("e:80", ok=False)  # a failure is always told
+    # A slow target's next request: the memo went stale, the breaker's view is not (Redis
+    # said "closed" a moment ago; its batched read remembers so).
+    clock.now += 0.5
+    breaker._remember("e:80", CLOSED, clock.now - 0.2)
+    assert gate.quiet("e:80", ok=True)
+    assert gate.allows_now("e:80")
+    assert breaker.asked == 1
+    assert breaker.told == []
+    clock.now += 0.05
+    assert gate.allows_now("e:80")  # the memo was renewed
+    # After a failure neither check passes until the breaker has seen a success.
+    await gate.record("e:80", ok=False)
+    assert not gate.allows_now("e:80")
+    assert await gate.allow("e:80")
+    assert not gate.quiet("e:80", ok=True)
+    await gate.record("e:80", ok=True)
+    assert breaker.told == [False, True]
+    # The breaker's view goes stale after its sync interval: ask again.
+    clock.now += 5
+    assert not gate.allows_now("e:80")
+    assert not gate.quiet("e:80", ok=True)
