@@ -44,7 +44,8 @@ def tune_gc() -> None:
     delivery-stage bench (20k jobs, 2 cores): 270-280 µs of CPU per delivery with the
     defaults, 145-160 µs with this. Cycles are still collected, just in larger batches
     (a full collection every ~100M allocations, about every two minutes at full load).
-    With thousands of requests open the young threshold grows (``gcpace``).
+    With thousands of requests open or jobs in progress the young threshold grows
+    (``gcpace``).
     """
     gc.collect()
     gc.freeze()
@@ -120,7 +121,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         )
         watching = asyncio.create_task(stalls.run(), name="stall-watch")
         adapting = asyncio.create_task(
-            delivery.limits.run(on_tick=gcpace.pace), name="in-flight-bound"
+            delivery.limits.run(
+                on_tick=lambda in_flight: gcpace.pace(in_flight, dispatcher.jobs_in_progress)
+            ),
+            name="in-flight-bound",
         )
         try:
             log.info(

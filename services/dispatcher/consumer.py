@@ -149,6 +149,11 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         self._commit_lock = asyncio.Lock()
         self._pacing = FetchPacing(consumer, fetch_batch_wait_ms)
 
+    @property
+    def jobs_in_progress(self) -> int:
+        """Tasks alive: deliveries and fan-out chunks, from fetched to recorded."""
+        return len(self._tasks)
+
     # --- main loop ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:

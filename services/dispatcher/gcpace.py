@@ -1,4 +1,4 @@
-"""Young garbage collections paced by the requests in flight.
+"""Young garbage collections paced by the requests in flight and the jobs in progress.
 
 ``tune_gc`` sets the young threshold at 50,000 allocations. Against instant targets a
 request's objects are freed before the next young collection, so that collection scans
@@ -35,9 +35,19 @@ holds at most ~1,000,000 objects before a collection. That bounds the cyclic gar
 busy process carries (~150 MB at ~150 bytes an object) and the longest young pause
 (~0.4 s at the 0.37 µs an object the collections above took). Such a pause
 comes only with thousands of requests open, when attempts take long enough that the
-in-flight bound tolerates such lag (see ``limits.LoopLimit``). With few requests open
-(light load, instant targets) the threshold stays near ``BASE``: the latency it was tuned
-for holds.
+in-flight bound tolerates such lag (see ``limits.LoopLimit``).
+
+Jobs in progress count too (``PER_JOB`` each: the consumer's tasks, waiting for a slot,
+open, or being recorded). A backlog against instant targets holds few requests open (the
+in-flight bound stays at 100-300) but 10,000-17,000 fetched jobs waiting for a slot, each
+a task and its coroutines that live for seconds: paced by the open requests alone, the
+threshold stayed near ``BASE`` and every young collection scanned jobs that were still
+waiting, and a gen-1 one all of them (250-370 ms). Measured in alternating runs of the
+``instant`` and ``slow`` shapes of ``bench targets`` (two of each, one dispatcher each):
+instant targets 127-129 → 110 µs of CPU per delivery, the longest stall of the loop
+233-249 → 79-88 ms; slow targets unchanged (131-137 and 136-138 µs), their open requests
+already held the threshold up. With a light load both counts are small and the threshold
+stays near ``BASE``: the latency it was tuned for holds.
 """
 
 from __future__ import annotations
@@ -46,24 +56,28 @@ import gc
 
 BASE = 50_000
 PER_OPEN = 400
+# A waiting job keeps ~35 objects alive against an open request's ~50, for longer.
+PER_JOB = 200
 CEILING = 1_000_000
 GEN1_EVERY = 1_000_000
 # Thresholds move only when the target moved this much: no churn from a tick's noise.
 HYSTERESIS = 0.1
 
 
-def thresholds(in_flight: int, full: int) -> tuple[int, int, int]:
-    """The (young, gen-1, gen-2) thresholds for ``in_flight`` open requests; ``full`` is
-    the gen-2 threshold, which does not move."""
-    young = min(BASE + PER_OPEN * max(in_flight, 0), CEILING)
+def thresholds(in_flight: int, full: int, jobs: int = 0) -> tuple[int, int, int]:
+    """The (young, gen-1, gen-2) thresholds for ``in_flight`` open requests and ``jobs``
+    in progress, whichever keeps more alive; ``full`` is the gen-2 threshold, which does
+    not move."""
+    alive = max(PER_OPEN * in_flight, PER_JOB * jobs, 0)
+    young = min(BASE + alive, CEILING)
     return young, max(GEN1_EVERY // young, 1), full
 
 
-def pace(in_flight: int) -> tuple[int, int, int]:
-    """Set this process's thresholds for ``in_flight`` open requests, unless they are
-    within ``HYSTERESIS`` of what is set; returns what is set."""
+def pace(in_flight: int, jobs: int = 0) -> tuple[int, int, int]:
+    """Set this process's thresholds for ``in_flight`` open requests and ``jobs`` in
+    progress, unless they are within ``HYSTERESIS`` of what is set; returns what is set."""
     current = gc.get_threshold()
-    wanted = thresholds(in_flight, current[2])
+    wanted = thresholds(in_flight, current[2], jobs)
     if abs(wanted[0] - current[0]) > HYSTERESIS * current[0]:
         gc.set_threshold(*wanted)
         return wanted

@@ -1,4 +1,5 @@
-"""Young collections paced by the requests in flight (services.dispatcher.gcpace)."""
+"""Young collections paced by the requests in flight and the jobs in progress
+(services.dispatcher.gcpace)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,19 @@ def test_the_young_threshold_grows_with_open_requests_up_to_its_ceiling() -> Non
     assert gcpace.thresholds(1_000_000, 100)[0] == gcpace.CEILING
 
 
+def test_jobs_waiting_for_a_slot_raise_the_threshold_too() -> None:
+    # A backlog against instant targets: few requests open, thousands of jobs waiting.
+    young = gcpace.thresholds(150, 100, jobs=3_000)[0]
+    assert young == gcpace.BASE + 3_000 * gcpace.PER_JOB > gcpace.thresholds(150, 100)[0]
+    # Whichever keeps more alive: the open requests are among the jobs.
+    assert gcpace.thresholds(2_000, 100, jobs=2_500)[0] == gcpace.BASE + 2_000 * gcpace.PER_OPEN
+    assert gcpace.thresholds(0, 100, jobs=17_000)[0] == gcpace.CEILING
+    assert gcpace.thresholds(0, 100, jobs=10)[0] == gcpace.BASE + 10 * gcpace.PER_JOB
+
+
 def test_a_gen1_collection_still_comes_every_million_allocations_or_so() -> None:
-    for in_flight in (0, 500, 2_500, 10_000):
-        young, gen1, _ = gcpace.thresholds(in_flight, 100)
+    for in_flight, jobs in ((0, 0), (500, 0), (2_500, 0), (10_000, 0), (100, 4_000)):
+        young, gen1, _ = gcpace.thresholds(in_flight, 100, jobs)
         assert gcpace.GEN1_EVERY * 0.8 <= young * gen1 <= gcpace.GEN1_EVERY
 
 
