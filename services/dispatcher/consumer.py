@@ -180,13 +180,6 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
             # between and every record belongs to the assignment it was fetched under.
             # (A poll blocks while the group rebalances, so a stop signal then waits
             # for the rebalance to end; a second signal exits at once.)
-            # getmany returns buffered records without yielding, so after a poll that
-            # returned records the loop yields once (below): one step spawns at most one
-            # poll's tasks (max_poll_records). Without it a backlog's fetch ran through
-            # the whole buffer in one step, up to 4,000 records a partition, and the
-            # tasks' first steps then ran together: the loop answered nothing for up to
-            # 300 ms and the in-flight bound shrank on it (``bench targets``, longest
-            # stall of the dispatcher's loop 259-315 ms before, 143-190 ms after).
             try:
                 batches = await consumer.getmany(timeout_ms=100)
             except KafkaError as exc:
@@ -215,6 +208,13 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
                     consumer.pause(tp)
                     part.paused_for = over
             if batches:
+                # getmany answers from its buffer without yielding, so one step spawns
+                # at most one poll's tasks (max_poll_records) only if the loop yields
+                # here. Without it a backlog's fetch ran through the whole buffer in one
+                # step, up to 4,000 records a partition, and the tasks' first steps then
+                # ran together: the loop answered nothing for up to 300 ms and the
+                # in-flight bound shrank on it (``bench targets``: longest stall of the
+                # dispatcher's loop 259-315 ms before, 143-190 ms after).
                 await asyncio.sleep(0)
 
     def _submit_delivery(

@@ -45,8 +45,8 @@ threshold stayed near ``BASE`` and every young collection scanned jobs that were
 waiting, and a gen-1 one all of them (250-370 ms). Measured in alternating runs of the
 ``instant`` and ``slow`` shapes of ``bench targets`` (two of each, one dispatcher each):
 instant targets 127-129 → 110 µs of CPU per delivery, the longest stall of the loop
-233-249 → 79-88 ms; slow targets unchanged (131-137 and 136-138 µs), their open requests
-already held the threshold up. With a light load both counts are small and the threshold
+233-249 → 79-88 ms; slow targets unchanged (131-137 µs before, 136-138 after), their open
+requests already held the threshold up. With a light load both counts are small and the threshold
 stays near ``BASE``: the latency it was tuned for holds.
 """
 
