@@ -373,12 +373,12 @@ class CircuitBreaker:
 
     async def allow(self, target: str) -> bool:
         """False while the target's breaker is open (or its one probe is out)."""
+        if self.closed_lately(target):
+            return True
         now = self._clock()
         known = self._known.get(target)
         if known is not None and now - known.synced_at < self._sync_interval:
             snap = known.snapshot
-            if snap == CLOSED:
-                return True
             if snap.state is BreakerState.OPEN and now - snap.opened_at < self.config.cool_down:
                 return False
         # Closed, possibly with failures on the books (a slow target's one hang): still asked
@@ -428,17 +428,16 @@ class CircuitBreaker:
 
     async def record(self, target: str, ok: bool) -> None:
         """Count the outcome of a request: ``ok`` for a 2xx-class answer."""
+        if ok and self.closed_lately(target):
+            # Nothing to reset as far as we know: skip the round trip on the hot path. A
+            # run of failures another process began in the last sync_interval is not
+            # reset by this success; it still needs threshold failures within window.
+            return
         now = self._clock()
         known = self._known.get(target)
-        if ok and known is not None and known.snapshot == CLOSED:
-            if now - known.synced_at < self._sync_interval:
-                # Nothing to reset as far as we know: skip the round trip on the hot
-                # path. A run of failures another process began in the last
-                # sync_interval is not reset by this success; it still needs threshold
-                # failures within window.
-                return
-            if await self._still_closed(target, now):
-                return  # nothing anywhere for this success to reset
+        stale_closed = ok and known is not None and known.snapshot == CLOSED
+        if stale_closed and await self._still_closed(target, now):
+            return  # nothing anywhere for this success to reset
         lane = self._enter(target)
         try:
             outcomes = lane.waiting

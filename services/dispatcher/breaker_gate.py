@@ -90,13 +90,10 @@ class BreakerGate:
         return allowed
 
     async def record(self, target: str, ok: bool) -> None:
+        if self.quiet(target, ok):
+            return
         if ok:
-            if target in self._failing:
-                self._failing.discard(target)
-            else:
-                seen = self._closed_at.get(target)
-                if seen is not None and self._clock() - seen < self._fresh:
-                    return
+            self._failing.discard(target)  # the first success after a failure: tell it
         else:
             self._closed_at.pop(target, None)
             if len(self._failing) >= _MAX_TARGETS:
