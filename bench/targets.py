@@ -24,7 +24,7 @@ The runs, one dispatcher process each, in this order:
 Then the default-timeout pair again in the opposite order (slow, instant), ``PAIRS`` pairs
 in all: a single instant run moved by up to a third between runs of one session, so the
 ratio the issue asks for is the median of the pairs' ratios, each pair run back to back.
-Five pairs, not two: pairs of one build in one session gave 79-100 % (2026-12-06), so a
+Five pairs, not two: pairs of one build on one day gave 75-100 % (2026-12-06), so a
 median of two said more about the draw than about the code.
 
 Last, one sustained pair (slow, then instant) with three times the jobs, ~15 s of load.
@@ -51,7 +51,7 @@ job is accounted for: a SUCCESS row, or still retrying; each hang at a target mu
 as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
 hang at the target is a timeout of the dispatcher's own making.
 
-Run alone: ``python -m bench targets`` (~10 minutes).
+Run alone: ``python -m bench targets`` (~8 minutes).
 """
 
 from __future__ import annotations
