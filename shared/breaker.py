@@ -73,6 +73,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.logging import get_logger
+from shared.loopref import LoopRef
 from shared.metrics import BREAKERS_OPEN
 
 log = get_logger("breaker")
@@ -370,6 +371,7 @@ class CircuitBreaker:
         # Targets waiting for the next batched read, and the task reading batches.
         self._reading: dict[str, asyncio.Future[BreakerSnapshot | None]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._loop = LoopRef()
 
     async def allow(self, target: str) -> bool:
         """False while the target's breaker is open (or its one probe is out)."""
@@ -397,7 +399,7 @@ class CircuitBreaker:
                 if known is not None and known.synced_at > -math.inf:
                     return known.snapshot.state is BreakerState.CLOSED
                 return self._decide_locally(target, self._clock())
-            lookup = lane.lookup = asyncio.get_running_loop().create_future()
+            lookup = lane.lookup = self._loop().create_future()
             try:
                 async with lane.lock:
                     now = self._clock()
@@ -443,7 +445,7 @@ class CircuitBreaker:
             outcomes = lane.waiting
             first = outcomes is None
             if outcomes is None:
-                sent = asyncio.get_running_loop().create_future()
+                sent = self._loop().create_future()
                 outcomes = lane.waiting = _Outcomes(sent)
             if ok:  # a success wipes out the failures before it
                 outcomes.reset, outcomes.failures = True, 0
@@ -475,7 +477,7 @@ class CircuitBreaker:
         before = self._known.get(target)
         future = self._reading.get(target)
         if future is None:
-            future = self._reading[target] = asyncio.get_running_loop().create_future()
+            future = self._reading[target] = self._loop().create_future()
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read_batches(), name="breaker-read")
         snap = await asyncio.shield(future)

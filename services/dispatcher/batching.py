@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 import asyncpg
 
 from shared.logging import get_logger
+from shared.loopref import LoopRef
 
 T = TypeVar("T")
 
@@ -57,6 +58,7 @@ class GroupCommit(Generic[T]):
         self._full = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._loop = LoopRef()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"group-commit-{self._name}")
@@ -68,7 +70,7 @@ class GroupCommit(Generic[T]):
             self._first_at = time.monotonic()
             self._wake.set()
         self._items.append(item)
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop().create_future()
         self._futures.append(future)
         if len(self._items) >= self._max_items:
             self._full.set()

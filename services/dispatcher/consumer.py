@@ -38,6 +38,7 @@ from services.dispatcher.fanout import FanOutStage
 from services.dispatcher.stalls import ZombieFence
 from shared.kafka import FetchPacing
 from shared.logging import get_logger
+from shared.loopref import LoopRef
 from shared.metrics import CONSUMER_LAG, RECORD_WAIT
 from shared.offsets import PartitionOffsets
 from shared.records import DeliveryJob, EventRecord
@@ -148,6 +149,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         self._parts: dict[TopicPartition, Partition] = {}
         self._tasks: dict[asyncio.Task[None], Work] = {}
         self._commit_lock = asyncio.Lock()
+        self._loop = LoopRef()
         self._pacing = FetchPacing(consumer, fetch_batch_wait_ms)
 
     @property
@@ -256,7 +258,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
             progress = Progress()
             # Chunks of a partition send their jobs in offset order, whatever order their
             # lookups finish in: an ordered subscription's jobs keep the events' order.
-            after, part.sent = part.sent, asyncio.get_running_loop().create_future()
+            after, part.sent = part.sent, self._loop().create_future()
             turn = (after, part.sent)
             run = self._fanout.run
             self._spawn(lambda: run(events, progress, turn), Work(part, offsets, size, progress))
@@ -273,7 +275,7 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _spawn(self, make: Callable[[], Coroutine[Any, Any, None]], work: Work) -> None:
         work.part.bytes += work.size
-        task = asyncio.create_task(self._until_done(make, work))
+        task = self._loop().create_task(self._until_done(make, work))
         self._tasks[task] = work
         task.add_done_callback(self._on_done)
 

@@ -48,6 +48,7 @@ import httptools
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from shared.loopref import LoopRef
 from shared.singleflight import SingleFlight
 from shared.urlsafety import UnsafeTargetError, check_addresses, classify_address, parse_ip
 
@@ -331,6 +332,7 @@ class Http1Client:
         self._lookups: SingleFlight[tuple[str, int], list[str]] = SingleFlight()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop = LoopRef()
 
     def endpoint(self, url: URL) -> Endpoint:
         found = self._endpoints.get(url)
@@ -349,7 +351,7 @@ class Http1Client:
         ``TimeoutError``."""
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         deadline = loop.time() + self._timeout
         endpoint = self.endpoint(url)
         data = request_head(endpoint, headers, len(body)) + body

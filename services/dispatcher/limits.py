@@ -50,6 +50,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.loopref import LoopRef
+
 # The loop's lag is sampled every TICK: a timer's lateness is how long a callback waits
 # behind others, i.e. what each request in flight pays at every step it takes.
 TICK = 0.1
@@ -121,10 +123,11 @@ class _Gate:
     instant ones 1,950 and 1,200-1,300. A target alone still gets the whole bound.
     """
 
-    __slots__ = ("held", "limit", "turns", "waiters")
+    __slots__ = ("held", "limit", "loop", "turns", "waiters")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.loop = LoopRef()
         self.held = 0
         # Per target, its waiters in arrival order; ``turns`` the targets waiting, in
         # the order they are served.
@@ -135,7 +138,7 @@ class _Gate:
         if self.held < self.limit and not self.waiters:
             self.held += 1
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = self.loop().create_future()
         queue = self.waiters.get(target)
         if queue is None:
             queue = self.waiters[target] = deque()
@@ -215,7 +218,7 @@ class TargetLimits:
         if lane.free > 0:
             lane.free -= 1
         else:
-            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[bool] = self._total.loop().create_future()
             lane.waiters.append(waiter)
             self._watch(lane)
             try:

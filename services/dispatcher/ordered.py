@@ -51,6 +51,7 @@ import orjson
 from services.dispatcher.batching import RowWriter
 from services.dispatcher.delivery import Outcome
 from shared.logging import get_logger
+from shared.loopref import LoopRef
 from shared.matching import unavailable_reason
 from shared.records import DeliveryJob
 
@@ -169,9 +170,10 @@ class IntakeOrder:
 
     def __init__(self) -> None:
         self._tails: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._loop = LoopRef()
 
     def ticket(self, key: uuid.UUID) -> Ticket:
-        mine = asyncio.get_running_loop().create_future()
+        mine = self._loop().create_future()
         prev = self._tails.get(key)
         self._tails[key] = mine
         return Ticket(self, key, prev, mine)
