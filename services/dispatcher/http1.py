@@ -421,8 +421,7 @@ class Http1Client:
         conn.home = home
         home.append(conn)
         if self._sweeper is None:
-            loop = asyncio.get_running_loop()
-            self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+            self._sweeper = self._loop().call_later(_SWEEP_S, self._sweep)
 
     def _sweep(self) -> None:
         """Close connections idle past ``IDLE_S``: the oldest sit at the bottom."""
@@ -434,7 +433,7 @@ class Http1Client:
             if not idle:
                 del self._idle[key]
         if self._idle and not self._closed:
-            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
+            self._sweeper = self._loop().call_later(_SWEEP_S, self._sweep)
 
     def open_connections(self) -> int:
         return len(self._busy) + sum(len(idle) for idle in self._idle.values())

@@ -306,10 +306,9 @@ class TargetLimits:
         if self._patience is None or lane.watchdog is not None:
             return
         due = lane.last_done + self._patience
-        lane.watchdog = asyncio.get_running_loop().call_at(
-            asyncio.get_running_loop().time() + max(due - time.monotonic(), 0.0),
-            self._check,
-            lane,
+        loop = self._total.loop()
+        lane.watchdog = loop.call_at(
+            loop.time() + max(due - time.monotonic(), 0.0), self._check, lane
         )
 
     def _check(self, lane: _Lane) -> None:
