@@ -306,9 +306,8 @@ class TargetLimits:
         if self._patience is None or lane.watchdog is not None:
             return
         due = lane.last_done + self._patience
-        loop = self._total.loop()
-        lane.watchdog = loop.call_at(
-            loop.time() + max(due - time.monotonic(), 0.0), self._check, lane
+        lane.watchdog = self._total.loop().call_later(
+            max(due - time.monotonic(), 0.0), self._check, lane
         )
 
     def _check(self, lane: _Lane) -> None:
