@@ -61,16 +61,18 @@ class BreakerGate:
             return True
         return False
 
-    def quiet(self, target: str, ok: bool) -> bool:
+    def quiet(self, target: str, ok: bool, took: float = 0.0) -> bool:
         """True when ``record(target, ok)`` would tell the breaker nothing: a success, no
         failure of the target on the books here, and the memo fresh or the breaker's view
-        plainly closed lately. The hot path skips the call then (see ``allows_now``)."""
+        plainly closed lately, as of when the request began (``took`` seconds ago; see
+        ``CircuitBreaker.closed_lately``). The hot path skips the call then (see
+        ``allows_now``)."""
         if not ok or target in self._failing:
             return False
         seen = self._closed_at.get(target)
         if seen is not None and self._clock() - seen < self._fresh:
             return True
-        return self._breaker.closed_lately(target)
+        return self._breaker.closed_lately(target, took)
 
     async def allow(self, target: str) -> bool:
         now = self._clock()

@@ -259,7 +259,7 @@ class DeliveryStage:
             attempted = await self._attempt(job, sub, target, progress, claim)
         if isinstance(attempted, str):
             return attempted
-        await self._record_health(target, attempted[0])
+        await self._record_health(target, *attempted)
         return attempted
 
     async def _within_rate(self, job: DeliveryJob, rate: int) -> bool:
@@ -275,13 +275,13 @@ class DeliveryStage:
             await asyncio.sleep(wait)  # cancellable: nothing has been sent
         return True
 
-    async def _record_health(self, target: Target, outcome: Outcome) -> None:
+    async def _record_health(self, target: Target, outcome: Outcome, duration_ms: int) -> None:
         if self.breaker is not None and (outcome.status_code or outcome.retryable):
             # A target that answered below 500 is alive, whatever it thought of the
             # request; timeouts, connection errors and 5xx count against it. A refused
             # target (SSRF guard) says nothing about its health.
             alive = outcome.status_code is not None and outcome.status_code < 500
-            if self.breaker.quiet(target.key, alive):
+            if self.breaker.quiet(target.key, alive, duration_ms / 1000):
                 return
             try:
                 await self.breaker.record(target.key, alive)

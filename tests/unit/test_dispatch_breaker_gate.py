@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.dispatcher.breaker_gate import BreakerGate
-from shared.breaker import CLOSED, BreakerConfig, BreakerState, CircuitBreaker
+from shared.breaker import CLOSED, BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker
 
 
 class Clock:
@@ -135,3 +135,32 @@ async def test_the_hot_path_checks_answer_as_allow_and_record_would() -> None:
     clock.now += 5
     assert not gate.allows_now("e:80")
     assert not gate.quiet("e:80", ok=True)
+
+
+def test_a_success_asks_whether_the_view_was_fresh_when_its_request_began() -> None:
+    """A slow target's view may go stale while its request is out: the success still tells
+    the breaker nothing if the view was plainly closed when the request began, at most one
+    more sync interval (1 s here) back."""
+    clock = Clock()
+    breaker = CountingBreaker(clock)
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    breaker._remember("s:80", CLOSED, clock.now - 1.2)  # went stale 0.2 s ago
+    assert not gate.quiet("s:80", ok=True)
+    assert not gate.quiet("s:80", ok=True, took=0.1)  # began after the view went stale
+    assert gate.quiet("s:80", ok=True, took=0.5)  # began while it was fresh
+    assert not gate.quiet("s:80", ok=False, took=0.5)  # a failure is always told
+    breaker._remember("s:80", CLOSED, clock.now - 2.5)
+    assert not gate.quiet("s:80", ok=True, took=5.0)  # the slack is one interval at most
+    # A view with failures on the books is never "plainly closed", however fresh.
+    breaker._remember("s:80", BreakerSnapshot(failures=1, since=clock.now), clock.now)
+    assert not gate.quiet("s:80", ok=True, took=0.5)
+
+
+def test_the_breaker_keeps_one_object_for_plainly_closed() -> None:
+    """The hot path compares identity: an equal snapshot read back from Redis is kept as
+    the ``CLOSED`` object itself."""
+    clock = Clock()
+    breaker = CountingBreaker(clock)
+    breaker._remember("c:80", BreakerSnapshot(), clock.now)
+    assert breaker.closed_lately("c:80")
+    assert breaker._known["c:80"].snapshot is CLOSED
