@@ -6,10 +6,12 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from aiokafka import TopicPartition
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import __version__
 from shared.db import make_sessionmaker
 from shared.kafka import make_consumer, make_producer
 from shared.models import Subscription
@@ -86,6 +88,27 @@ async def test_redis_round_trip(settings: Settings) -> None:
         assert 0 < await redis.ttl(key) <= 60
     finally:
         await redis.delete(key)
+        await redis.aclose()
+
+
+async def test_redis_connections_introduce_hookstream_without_a_metadata_lookup_each(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection's introduction (CLIENT SETINFO, which Redis 7.2 and later keep for
+    CLIENT LIST) comes from the one ``DriverInfo`` the factory holds: redis-py would
+    otherwise read its package metadata for every connection it opens (~0.5 ms each)."""
+
+    def no_lookup() -> str:
+        raise AssertionError("redis-py looked its version up for a connection")
+
+    monkeypatch.setattr("redis.utils.get_lib_version", no_lookup)
+    redis = make_redis(settings)
+    try:
+        infos = await asyncio.gather(*(redis.client_info() for _ in range(5)))
+        assert len({info["id"] for info in infos}) > 1  # several connections opened
+        driver = redis.connection_pool.connection_kwargs["driver_info"]
+        assert driver.formatted_name == f"redis-py(hookstream_v{__version__})"
+    finally:
         await redis.aclose()
 
 
