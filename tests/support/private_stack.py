@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from tests.support.procs import QUIET_PORTS, bindable, port_in
 from tests.support.stack import DEV_KAFKA_DIR, ROOT, IsolatedStack
 
 Component = Literal["postgres", "redis", "kafka"]
@@ -72,25 +71,12 @@ def run_stack_sh(local_dir: Path, ports: dict[str, int], *args: str) -> None:
 
 PG_OS_USER = os.environ.get("HOOKSTREAM_PG_OS_USER", "hookstream-pg")
 
-# Ports below Linux's ephemeral range (32768-60999): while a component is stopped, no
-# client socket on this machine can be handed its port and keep it from starting again.
-_QUIET_PORTS = range(21000, 30000)
-
 
 def quiet_port(taken: set[int]) -> int:
-    """A free loopback port outside the ephemeral range, not in ``taken``."""
-    for _ in range(200):
-        port = random.choice(_QUIET_PORTS)
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise RuntimeError("no free port in 21000-29999")
+    """A free loopback port outside the ephemeral range, not in ``taken`` (see
+    ``procs.QUIET_PORTS``: while a component is stopped, no client socket on this machine
+    can be handed its port and keep it from starting again)."""
+    return port_in(QUIET_PORTS, taken)
 
 
 def quiet_ports(taken: set[int], count: int) -> int:
@@ -98,19 +84,10 @@ def quiet_ports(taken: set[int], count: int) -> int:
     for _ in range(200):
         first = quiet_port(taken)
         rest = range(first + 1, first + count)
-        if all(p in _QUIET_PORTS and p not in taken and _free(p) for p in rest):
+        if all(p in QUIET_PORTS and p not in taken and bindable(p) for p in rest):
             taken.update(rest)
             return first
     raise RuntimeError(f"no {count} consecutive free ports in 21000-29999")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _pg_bin() -> Path:

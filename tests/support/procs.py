@@ -15,51 +15,51 @@ from typing import Self
 
 from tests.support.stack import ROOT, IsolatedStack
 
-_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_handed_out: set[int] = set()
+# Ports below Linux's ephemeral range (32768-60999) are never handed to a client socket,
+# so a port picked there stays free until its server binds it, or binds it again after a
+# restart. A port found by binding port 0 is an ephemeral one: until the child bound it (a
+# second or so of start-up) any process's outgoing connection could be given it, and a
+# dispatcher's metrics server failed so with "Address already in use" in ``bench
+# targets``, whose runs open thousands of connections each. Private stacks' components
+# take their ports from QUIET_PORTS, child servers from CHILD_PORTS: the two never meet.
+QUIET_PORTS = range(21000, 30000)
+CHILD_PORTS = range(30000, 32768)
+_children: set[int] = set()
 
 
-def ephemeral_low() -> int:
-    """The lowest port the kernel hands out to outgoing connections (and to port 0)."""
-    try:
-        return int(_EPHEMERAL.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A loopback port nothing uses, for a child server to bind; never the same one twice
-    in one process.
-
-    Taken from the 12,000 ports below the kernel's ephemeral range when there is room. A
-    port found by binding port 0 is an ephemeral one, and until the child binds it (a
-    second or so of start-up) any process's outgoing connection may be given it as its
-    local port: a dispatcher's metrics server failed so with "Address already in use" in
-    ``bench targets``, whose runs open thousands of connections each."""
-    low = ephemeral_low()
-    if low - 1024 >= 4096:
-        for _ in range(64):
-            port = random.randrange(max(1024, low - 12_000), low)
-            if port not in _handed_out and _bindable(port):
-                _handed_out.add(port)
-                return port
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-
-
-def _bindable(port: int) -> bool:
-    # No SO_REUSEADDR: a port still in TIME_WAIT counts as taken.
+def bindable(port: int) -> bool:
+    """Nothing holds ``port`` on loopback (no SO_REUSEADDR: TIME_WAIT counts as held)."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
+
+
+def port_in(ports: range, taken: set[int]) -> int:
+    """A free loopback port from ``ports``, not in ``taken``; added to ``taken``."""
+    for _ in range(200):
+        port = random.choice(ports)
+        if port not in taken and bindable(port):
+            taken.add(port)
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
+
+
+def free_port() -> int:
+    """A loopback port for a child server to bind, never the same one twice in one
+    process; an ephemeral one (port 0's) only once CHILD_PORTS has none left."""
+    try:
+        return port_in(CHILD_PORTS, _children)
+    except RuntimeError:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _children:
+                _children.add(port)
+                return port
 
 
 class ServiceProcess:
