@@ -424,7 +424,7 @@ class CircuitBreaker:
 
         ``slack`` (at most one more ``sync_interval``) dates the question back: a success
         asks whether the view was fresh when its request began. Against slow targets the
-        view otherwise went stale during the request for ~1 success in 5 (150 ms median
+        view otherwise went stale during the request for ~1 success in 5 (~180 ms mean
         against a 1 s view), and each such success waited for a batched Redis read that
         told it nothing new. The price is the one the skipped success already pays: a run
         of failures another process began within that time is not reset by it."""
