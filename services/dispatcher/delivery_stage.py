@@ -221,20 +221,24 @@ class DeliveryStage:
             claim = source if job.attempt > 1 else None
             try:
                 attempted = await self.try_once(job, sub, progress, claim)
+                if isinstance(attempted, str):
+                    if not self._overdue(job):
+                        await self._defer(job, attempted)
+                        return
+                    # Past its deadline a job stops waiting for free: the deferral counts
+                    # as a failed attempt, so a target that stays down still ends every
+                    # delivery in FAILURE + dead letter after the last one. Counted, it is
+                    # claimed as a request is: a copy whose delivery ended meanwhile (the
+                    # other chain's 2xx) would otherwise end it again, in FAILURE.
+                    if claim is not None:
+                        await self._claim(job, claim)
+                    outcome = Outcome(ok=False, error=attempted, retryable=True)
+                else:
+                    outcome, duration_ms = attempted
             except CopyOfAttempt as copy:
                 COPIES_DROPPED.inc()
                 log.info(COPY_DROPPED, **job.log_fields(), reason=str(copy))
                 return
-            if isinstance(attempted, str):
-                if not self._overdue(job):
-                    await self._defer(job, attempted)
-                    return
-                # Past its deadline a job stops waiting for free: the deferral counts
-                # as a failed attempt, so a target that stays down still ends every
-                # delivery in FAILURE + dead letter after the last one.
-                outcome = Outcome(ok=False, error=attempted, retryable=True)
-            else:
-                outcome, duration_ms = attempted
         await self._record(job, sub, target_url, outcome, duration_ms)
 
     async def try_once(

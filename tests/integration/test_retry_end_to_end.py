@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,18 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.dispatcher.claims import AttemptClaims
 from services.dispatcher.delivery_stage import COPY_DROPPED
+from shared.breaker import BreakerState, CircuitBreaker, target_of
 from shared.db import make_sessionmaker
 from shared.kafka import make_producer
 from shared.models import DeliveryAttempt, Subscription
 from shared.records import DeliveryJob, EventRecord, delivery_id_for
+from shared.redis import make_redis
 from shared.settings import Settings
 from shared.topics import Topics
 from tests.integration.test_retry_scheduler import tier_settings
-from tests.support.procs import ServiceProcess
+from tests.support.procs import ServiceProcess, free_port
 from tests.support.stack import IsolatedStack
 from tests.support.waiting import wait_until
 
@@ -288,6 +291,44 @@ async def test_gone_on_a_retry_stops_at_once_and_deactivates(
     assert sub.is_active is False
     assert sub.deactivated_reason
     assert await dead_letters(tier_settings, delivery_id) == 1
+
+
+async def test_an_overdue_copy_with_its_target_closed_to_it_does_not_end_its_delivery_again(
+    tier_settings: Settings, engine: AsyncEngine, services: list[ServiceProcess]
+) -> None:
+    """Past its deadline, a job whose target's breaker is open counts the deferral as a
+    failed attempt (the last one ends in FAILURE). A copy of a delivery that ended
+    meanwhile must be dropped instead: the fault suite's scheduler kill once left one
+    delivery both delivered and FAILURE that way."""
+    url = f"http://127.0.0.1:{free_port()}/closed"  # the breaker keeps requests from it
+    sub_id = await subscribe(engine, url)
+    job = DeliveryJob.for_event(make_event(sub_id, b'{"n": 5}'), sub_id)
+    job = dataclasses.replace(
+        job,
+        attempt=3,
+        first_received_at=datetime.now(UTC) - timedelta(days=3),  # long past its deadline
+        due_at=datetime.now(UTC),
+        last_error="HTTP 500",
+    )
+    redis = make_redis(tier_settings)
+    try:
+        breaker = CircuitBreaker(redis, tier_settings.topic_prefix)
+        for _ in range(breaker.config.failure_threshold):
+            await breaker.record(target_of(url), ok=False)
+        assert breaker.state(target_of(url)) is BreakerState.OPEN
+        # The other chain's success ended the delivery.
+        await AttemptClaims(redis, tier_settings.topic_prefix, ttl=600).end(job.delivery_id, "")
+    finally:
+        await redis.aclose()
+    await send_job_copies(tier_settings, job, 1)
+    await copies_dropped(services, job.delivery_id, 1)
+    async with make_sessionmaker(engine)() as session:
+        rows = (
+            await session.execute(
+                select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == job.delivery_id)
+            )
+        ).all()
+    assert rows == []
 
 
 async def test_copies_of_a_retry_make_one_chain_and_a_copy_after_the_end_is_dropped(
