@@ -87,7 +87,9 @@ def quiet_ports(taken: set[int], count: int) -> int:
         if all(p in QUIET_PORTS and p not in taken and bindable(p) for p in rest):
             taken.update(rest)
             return first
-    raise RuntimeError(f"no {count} consecutive free ports in 21000-29999")
+    raise RuntimeError(
+        f"no {count} consecutive free ports in {QUIET_PORTS.start}-{QUIET_PORTS.stop - 1}"
+    )
 
 
 def _pg_bin() -> Path:
