@@ -317,7 +317,9 @@ async def test_an_overdue_copy_with_its_target_closed_to_it_does_not_end_its_del
             await breaker.record(target_of(url), ok=False)
         assert breaker.state(target_of(url)) is BreakerState.OPEN
         # The other chain's success ended the delivery.
-        await AttemptClaims(redis, tier_settings.topic_prefix, ttl=600).end(job.delivery_id, "")
+        await AttemptClaims(redis, tier_settings.topic_prefix, ttl=600).end(
+            job.delivery_id, job.run
+        )
     finally:
         await redis.aclose()
     await send_job_copies(tier_settings, job, 1)
