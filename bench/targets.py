@@ -350,8 +350,8 @@ class Recorded:
     PostgreSQL every 0.25 s, as before, cost the machine the rates are measured on more
     than the answer is worth: the exact count (distinct deliveries) took 12-14 ms at
     36,000 rows and 48 ms at 108,000 (the sustained runs), and a plain count of first
-    attempts still 28-32 ms at 108,000, on two parallel workers (psql, 2026-12-06). A
-    filtered scrape is one counter's lines."""
+    attempts still 22-32 ms at 108,000, a parallel scan on both cores (psql's timing and
+    ``EXPLAIN ANALYZE``, 2026-12-06). A filtered scrape is one counter's lines."""
 
     url: str
     base: float = 0.0
