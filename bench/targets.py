@@ -205,9 +205,9 @@ def machine_busy() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def gauges_url(port: int) -> str:
-    """The dispatcher's metrics restricted to the two gauges the sampler reads."""
-    names = ("hookstream_in_flight_deliveries", "hookstream_in_flight_limit")
+def metrics_url(port: int, *names: str) -> str:
+    """The dispatcher's metrics restricted to ``names``: a scrape then skips the process
+    collector and every other series."""
     query = "&".join(f"name[]={name}" for name in names)
     return f"http://127.0.0.1:{port}/metrics?{query}"
 
@@ -473,10 +473,13 @@ def one_run(stack: IsolatedStack, workdir: Path, shape: Shape) -> dict[str, Any]
             stack, "dispatcher", log_dir=workdir, **shape.env(metrics_port),
             launcher=("bench.stalls", "probe", "--port", str(probe_port)),
         )  # fmt: skip
-        sampler = Sampler(dispatcher.proc.pid, gauges_url(metrics_port), farm.proc.pid)
+        gauges = metrics_url(
+            metrics_port, "hookstream_in_flight_deliveries", "hookstream_in_flight_limit"
+        )
+        sampler = Sampler(dispatcher.proc.pid, gauges, farm.proc.pid)
         sampler.start()
         try:
-            recorded = Recorded(f"http://127.0.0.1:{metrics_port}/metrics?name[]={_RECORDED}")
+            recorded = Recorded(metrics_url(metrics_port, _RECORDED))
             loaded = asyncio.run(
                 _load(stack, shape, farm, dispatcher, sampler, probe_port, recorded)
             )
