@@ -41,6 +41,7 @@ import os
 import socket
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -306,6 +307,72 @@ def _timed_out(answer: asyncio.Future[Answer]) -> None:
         answer.set_exception(TimeoutError())
 
 
+class _Deadlines:
+    """Times out answers at their deadlines with one loop timer, not one per request.
+
+    A timer per request (``loop.call_at``, cancelled at the answer) is a handle allocated,
+    pushed onto the loop's timer heap, taken off it again and closed on a later turn of
+    the loop, and that heap holds every open request. With 2,000 requests open the bare
+    client spent 115 µs of CPU per request against slow targets and 94 µs against instant
+    ones that way; with one timer, 107 and 77 µs (medians of 8 alternated runs each of
+    ``python -m bench.client_floor hookstream slow`` and ``wide``). Every request of a
+    client has the same timeout, so requests are due in the order they were sent: each is
+    a ``[deadline, answer]`` entry appended to a queue, and one timer waits for the entry
+    at its head. A request that ended is forgotten: its entry lets go of the answer, and
+    goes once no unanswered entry is ahead of it (a timeout at most: entries are lists of
+    two, not futures, so what waits there is small).
+
+    A request sent after later ones had been (it waited for a new connection meanwhile)
+    is out of that order: it gets a timer of its own, or it would wait behind a deadline
+    later than its own."""
+
+    __slots__ = ("_due", "_timer")
+
+    def __init__(self) -> None:
+        self._due: deque[list[Any]] = deque()  # [deadline, answer or None once it came]
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, answer: asyncio.Future[Answer]
+    ) -> list[Any] | asyncio.TimerHandle:
+        """Fail ``answer`` at ``deadline`` unless ``forget`` is called with the result first."""
+        due = self._due
+        if due and deadline < due[-1][0]:
+            return loop.call_at(deadline, _timed_out, answer)
+        entry = [deadline, answer]
+        due.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire, loop)
+        return entry
+
+    def forget(self, watched: list[Any] | asyncio.TimerHandle) -> None:
+        if isinstance(watched, list):
+            watched[1] = None
+            due = self._due
+            while due and due[0][1] is None:
+                due.popleft()
+        else:
+            watched.cancel()
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now, due = loop.time(), self._due
+        while due:
+            deadline, answer = due[0]
+            if answer is not None:
+                if deadline > now:
+                    self._timer = loop.call_at(deadline, self._expire, loop)
+                    return
+                _timed_out(answer)
+            due.popleft()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due.clear()
+
+
 class Http1Client:
     """POST bytes to webhook targets over pooled HTTP/1.1 connections, SSRF-guarded.
 
@@ -327,6 +394,7 @@ class Http1Client:
         self._ssl = ssl_context or ssl.create_default_context()
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._busy: set[_Connection] = set()
+        self._deadlines = _Deadlines()
         self._endpoints: dict[URL, Endpoint] = {}
         self._addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._lookups: SingleFlight[tuple[str, int], list[str]] = SingleFlight()
@@ -376,7 +444,7 @@ class Http1Client:
         deadline: float,
     ) -> Answer:
         answer: asyncio.Future[Answer] = loop.create_future()
-        timer = loop.call_at(deadline, _timed_out, answer)
+        watched = self._deadlines.watch(loop, deadline, answer)
         self._busy.add(conn)
         try:
             conn.send(data, answer, excerpt_bytes)
@@ -385,7 +453,7 @@ class Http1Client:
             conn.abort()  # timed out, cancelled or failed: the stream is out of step
             raise
         finally:
-            timer.cancel()
+            self._deadlines.forget(watched)
             self._busy.discard(conn)
         self._checkin(conn)
         return result
@@ -511,6 +579,7 @@ class Http1Client:
 
     async def close(self) -> None:
         self._closed = True
+        self._deadlines.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self._busy):
