@@ -329,13 +329,14 @@ class _Deadlines:
     __slots__ = ("_due", "_timer")
 
     def __init__(self) -> None:
-        self._due: deque[list[Any]] = deque()  # [deadline, answer or None once it came]
+        self._due: deque[list[Any]] = deque()  # [deadline, answer or None once it ended]
         self._timer: asyncio.TimerHandle | None = None
 
     def watch(
         self, loop: asyncio.AbstractEventLoop, deadline: float, answer: asyncio.Future[Answer]
     ) -> list[Any] | asyncio.TimerHandle:
-        """Fail ``answer`` at ``deadline`` unless ``forget`` is called with the result first."""
+        """Fail ``answer`` at ``deadline``, unless what this returns is given to ``forget``
+        first (when the request ends, however it ends)."""
         due = self._due
         if due and deadline < due[-1][0]:
             return loop.call_at(deadline, _timed_out, answer)
