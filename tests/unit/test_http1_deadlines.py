@@ -106,9 +106,13 @@ async def test_a_request_given_up_before_its_answer_is_forgotten() -> None:
 async def test_closed_deadlines_time_nothing_out() -> None:
     """At close the client aborts its connections itself: no timeout fires after."""
     loop = asyncio.get_running_loop()
-    deadlines = http1._Deadlines()
-    pending = answer(loop)
-    deadlines.watch(loop, loop.time() + 0.05, pending)
+    deadlines, control = http1._Deadlines(), http1._Deadlines()
+    pending, overdue = answer(loop), answer(loop)
+    # Both already past their deadlines: due at the loop's next turn.
+    deadlines.watch(loop, loop.time() - 1, pending)
+    control.watch(loop, loop.time() - 1, overdue)
     deadlines.close()
-    await asyncio.sleep(0.15)
+    for _ in range(5):
+        await asyncio.sleep(0)  # turns of the loop, not a wait
+    assert overdue.done() and isinstance(overdue.exception(), TimeoutError)
     assert not pending.done()
