@@ -114,5 +114,6 @@ async def test_closed_deadlines_time_nothing_out() -> None:
     deadlines.close()
     for _ in range(5):
         await asyncio.sleep(0)  # turns of the loop, not a wait
-    assert overdue.done() and isinstance(overdue.exception(), TimeoutError)
+    assert overdue.done()
+    assert isinstance(overdue.exception(), TimeoutError)
     assert not pending.done()
