@@ -27,6 +27,11 @@ ratio the issue asks for is the median of the pairs' ratios, each pair run back 
 Five pairs, not two: pairs of one build on one day gave 75-100 % (2026-12-06), so a
 median of two said more about the draw than about the code.
 
+Then two pairs of the default shapes whose dispatcher sends nothing (instant, slow, slow,
+instant): its client waits the farm's draws on a timer and answers 200
+(``bench.timed_sends``). Not the target, a diagnostic: everything but the sockets still
+runs, so their ratio is the part of the gap that is not the sockets'.
+
 Last, one sustained pair (slow, then instant) with three times the jobs, ~15 s of load.
 Five seconds flatter slow targets: a hung request holds its partition's commit point
 for a whole timeout while records pile up behind it, pools keep growing to rarer peaks,
@@ -51,7 +56,7 @@ job is accounted for: a SUCCESS row, or still retrying; each hang at a target mu
 as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
 hang at the target is a timeout of the dispatcher's own making.
 
-Run alone: ``python -m bench targets`` (~8 minutes).
+Run alone: ``python -m bench targets`` (~16 minutes).
 """
 
 from __future__ import annotations
@@ -126,6 +131,9 @@ class Shape:
     hang_ms: float = 0
     sigma: float = SIGMA
     jobs: int = JOBS
+    # False: the dispatcher's client sends nothing and waits the farm's draws instead
+    # (``bench.timed_sends``), a diagnostic of where the gap lies.
+    sockets: bool = True
 
     @property
     def slow(self) -> bool:
@@ -147,6 +155,17 @@ class Shape:
             env["HOOKSTREAM_METRICS_PORT"] = str(metrics_port)
         return env
 
+    def launcher(self, probe_port: int) -> tuple[str, ...]:
+        """How the dispatcher is started: under the stall probe, sending or not."""
+        if self.sockets:
+            return ("bench.stalls", "probe", "--port", str(probe_port))
+        return (
+            "bench.timed_sends", "--median-ms", f"{self.median_ms:g}", "--sigma",
+            f"{self.sigma:g}", "--hang-fraction", f"{HANG_FRACTION if self.slow else 0:g}",
+            "--hang-ms", f"{self.hang_ms:g}", "--timeout", f"{self.timeout_s:g}",
+            "--port", str(probe_port),
+        )  # fmt: skip
+
     @property
     def settle_s(self) -> float:
         """After the last first attempt: a hang's retry comes a timeout plus the first
@@ -167,7 +186,11 @@ VERY_SLOW = Shape("very slow targets (median 2 s, sigma 0.3)", 10, 2_000, 12_000
 # them, pools keep growing to rarer peaks, and garbage collections come in the window.
 INSTANT_LONG = Shape(f"instant targets, {3 * JOBS:,} jobs", 10, jobs=3 * JOBS)
 SLOW_LONG = Shape(f"slow targets, {3 * JOBS:,} jobs", 10, MEDIAN_MS, 12_000, jobs=3 * JOBS)
+# The default pair again, the dispatcher's client sending nothing (``bench.timed_sends``).
+INSTANT_TIMED = Shape("instant, no sockets", 10, sockets=False)
+SLOW_TIMED = Shape("slow, no sockets", 10, MEDIAN_MS, 12_000, sockets=False)
 RUNS = (INSTANT, SLOW, INSTANT_2S, SLOW_2S, VERY_SLOW)
+TIMED_RUNS = (INSTANT_TIMED, SLOW_TIMED, SLOW_TIMED, INSTANT_TIMED)
 LONG_RUNS = (SLOW_LONG, INSTANT_LONG)
 
 
@@ -471,7 +494,7 @@ def one_run(stack: IsolatedStack, workdir: Path, shape: Shape) -> dict[str, Any]
         scheduler = ServiceProcess(stack, "retry_scheduler", log_dir=workdir, **shape.env())
         dispatcher = ServiceProcess(
             stack, "dispatcher", log_dir=workdir, **shape.env(metrics_port),
-            launcher=("bench.stalls", "probe", "--port", str(probe_port)),
+            launcher=shape.launcher(probe_port),
         )  # fmt: skip
         gauges = metrics_url(
             metrics_port, "hookstream_in_flight_deliveries", "hookstream_in_flight_limit"
@@ -589,6 +612,7 @@ def outcome_of(statuses: list[str]) -> str:
 
 # What a repeated shape reports: its rate, what it lost, and its CPU.
 _REPEAT_ROWS = ("deliveries/s", "timeouts of", "jobs delivered", "dispatcher CPU")
+_TIMED_ROWS = ("deliveries/s", "jobs delivered", "dispatcher CPU")
 
 
 def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
@@ -602,7 +626,7 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
         f"{stats['hung']} requests hung at the targets ({shape.hang_ms / 1000:g} s); "
         f"recorded as FAILED_ATTEMPT: {stats['hung'] - run['hung_not_failed']}, followed by "
         f"another attempt: {run['retried']:,} (of all failed attempts); "
-        if shape.slow
+        if shape.slow and shape.sockets
         else ""
     )
     settled = (
@@ -652,6 +676,9 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"the whole load ({run['busy']:.0f} s, the hangs' tail included) "
             f"{run['cpu']['dispatcher'] / shape.jobs * 1e6:.0f} µs"),
     ]  # fmt: skip
+    if not shape.sockets:
+        # No request reached the farm: its counts (hangs, connections) say nothing here.
+        return [r for r in rows if r["metric"].startswith(_TIMED_ROWS)]
     return [r for r in rows if r["metric"].startswith(_REPEAT_ROWS)] if repeat else rows
 
 
@@ -660,7 +687,10 @@ def rows_for(runs: dict[Shape, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for repeats in runs.values():
         for n, run in enumerate(repeats):
             rows += _run_rows(run, n)
-    for instant, slow in ((INSTANT, SLOW), (INSTANT_2S, SLOW_2S), (INSTANT_LONG, SLOW_LONG)):
+    for instant, slow in (
+        (INSTANT, SLOW), (INSTANT_2S, SLOW_2S), (INSTANT_TIMED, SLOW_TIMED),
+        (INSTANT_LONG, SLOW_LONG),
+    ):  # fmt: skip
         pairs = [
             late["rate"] / fast["rate"] * 100
             for fast, late in zip(runs[instant], runs[slow], strict=True)
@@ -670,9 +700,16 @@ def rows_for(runs: dict[Shape, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             target = f"target ≥ 90 % {'(met)' if ratio >= 90 else '(NOT met)'}; "
         elif instant is INSTANT_LONG:
             target = "sustained (~15 s of load): one pair, slow first; "
+        elif instant is INSTANT_TIMED:
+            target = (
+                "a diagnostic, not the target: the dispatcher's client sends nothing and "
+                "waits the farm's draws instead (bench.timed_sends), so this is the gap "
+                "without sockets; "
+            )
         else:
             target = "the issue's target is for the default timeout; "
         jobs = f", {instant.jobs:,} jobs" if instant.jobs != JOBS else ""
+        jobs += "" if instant.sockets else ", no sockets"
         each = (
             f"median of {len(pairs)} back-to-back pairs ({', '.join(f'{r:.1f}' for r in pairs)}"
             " %; later pairs ran slow first); "
@@ -710,7 +747,7 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
     asyncio.run(ensure_topics(stack.settings(retry_schedule=SCHEDULE)))
     with tempfile.TemporaryDirectory(prefix="bench-targets-") as tmp:
         runs: dict[Shape, list[dict[str, Any]]] = {}
-        for shape in (*RUNS, *(SLOW, INSTANT) * (PAIRS - 1), *LONG_RUNS):
+        for shape in (*RUNS, *(SLOW, INSTANT) * (PAIRS - 1), *TIMED_RUNS, *LONG_RUNS):
             runs.setdefault(shape, []).append(one_run(stack, Path(tmp), shape))
     floor = {
         (client, shape): client_floor.in_child(client, shape)

@@ -40,7 +40,10 @@ from tests.support.stack import ROOT
 LOOPBACK = "127.0.0.1"
 
 
-class _Farm:
+class Delays:
+    """The farm's draws: how long a request waits before its answer, and whether it hangs.
+    Also what ``bench.timed_sends`` waits instead of sending, so both draw alike."""
+
     def __init__(
         self, median: float, sigma: float, hang_fraction: float, hang: float, seed: int
     ) -> None:
@@ -49,6 +52,19 @@ class _Farm:
         self.hang_fraction = hang_fraction
         self.hang = hang
         self.random = random.Random(seed)
+
+    def draw(self) -> tuple[float, bool]:
+        """Seconds until the answer (0: at once), and whether that is a hang."""
+        if self.mu is None:
+            return 0.0, False
+        if self.random.random() < self.hang_fraction:
+            return self.hang, True
+        return self.random.lognormvariate(self.mu, self.sigma), False
+
+
+class _Farm:
+    def __init__(self, delays: Delays) -> None:
+        self.delays = delays
         self.arrivals: dict[str, list[tuple[float, bool]]] = defaultdict(list)
         self.open = 0
         self.most_open = 0
@@ -56,16 +72,9 @@ class _Farm:
         # how well the client reused its connections.
         self.connections: set[tuple[int, int]] = set()
 
-    def delay(self) -> tuple[float, bool]:
-        if self.mu is None:
-            return 0.0, False
-        if self.random.random() < self.hang_fraction:
-            return self.hang, True
-        return self.random.lognormvariate(self.mu, self.sigma), False
-
     def arrived(self, webhook_id: str) -> tuple[float, bool]:
         """One request came in: its delay (0: answer at once) and whether it hangs."""
-        delay, hung = self.delay()
+        delay, hung = self.delays.draw()
         self.arrivals[webhook_id].append((time.time(), hung))
         self.open += 1
         self.most_open = max(self.most_open, self.open)
@@ -179,8 +188,8 @@ def _listen(count: int) -> list[socket.socket]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    farm = _Farm(args.median_ms / 1000, args.sigma, args.hang_fraction, args.hang_ms / 1000,
-                 args.seed)  # fmt: skip
+    farm = _Farm(Delays(args.median_ms / 1000, args.sigma, args.hang_fraction,
+                        args.hang_ms / 1000, args.seed))  # fmt: skip
     loop = asyncio.get_running_loop()
     ports: list[int] = []
 
