@@ -56,7 +56,7 @@ job is accounted for: a SUCCESS row, or still retrying; each hang at a target mu
 as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
 hang at the target is a timeout of the dispatcher's own making.
 
-Run alone: ``python -m bench targets`` (~16 minutes).
+Run alone: ``python -m bench targets`` (10-12 minutes).
 """
 
 from __future__ import annotations
