@@ -90,7 +90,7 @@ from tests.support.dispatch import DispatchWorld
 from tests.support.metrics import sample
 from tests.support.procs import ServiceProcess, free_port
 from tests.support.stack import IsolatedStack
-from tests.support.target_farm import TargetFarm
+from tests.support.target_farm import Delays, TargetFarm
 
 SECTION = "targets"
 TARGETS = 1000
@@ -159,11 +159,10 @@ class Shape:
         """How the dispatcher is started: under the stall probe, sending or not."""
         if self.sockets:
             return ("bench.stalls", "probe", "--port", str(probe_port))
+        # The draws the farm would have been started with (none: the flags' defaults).
         return (
-            "bench.timed_sends", "--median-ms", f"{self.median_ms:g}", "--sigma",
-            f"{self.sigma:g}", "--hang-fraction", f"{HANG_FRACTION if self.slow else 0:g}",
-            "--hang-ms", f"{self.hang_ms:g}", "--timeout", f"{self.timeout_s:g}",
-            "--port", str(probe_port),
+            "bench.timed_sends", *Delays.flags(**self.farm()), "--timeout",
+            f"{self.timeout_s:g}", "--port", str(probe_port),
         )  # fmt: skip
 
     @property

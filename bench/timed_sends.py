@@ -94,11 +94,7 @@ def timed_post(delays: Delays, timeout: float) -> Post:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.timed_sends")
-    parser.add_argument("--median-ms", type=float, default=0)
-    parser.add_argument("--sigma", type=float, default=0.6)
-    parser.add_argument("--hang-fraction", type=float, default=0.0)
-    parser.add_argument("--hang-ms", type=float, default=0)
-    parser.add_argument("--seed", type=int, default=13)
+    Delays.add_arguments(parser)  # the farm's own flags
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("module")
@@ -108,10 +104,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse(argv)
-    delays = Delays(
-        args.median_ms / 1000, args.sigma, args.hang_fraction, args.hang_ms / 1000, args.seed
-    )
-    http1.Http1Client.post = timed_post(delays, args.timeout)  # type: ignore[method-assign,assignment]
+    http1.Http1Client.post = timed_post(Delays.of(args), args.timeout)  # type: ignore[method-assign,assignment]
     stalls.probe(args.port, args.module, args.args)
 
 

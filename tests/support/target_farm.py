@@ -53,6 +53,26 @@ class Delays:
         self.hang = hang
         self.random = random.Random(seed)
 
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Delays:
+        """From the flags ``add_arguments`` defines."""
+        return cls(args.median_ms / 1000, args.sigma, args.hang_fraction, args.hang_ms / 1000,
+                   args.seed)  # fmt: skip
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--median-ms", type=float, default=0)
+        parser.add_argument("--sigma", type=float, default=0.6)
+        parser.add_argument("--hang-fraction", type=float, default=0.0)
+        parser.add_argument("--hang-ms", type=float, default=0)
+        parser.add_argument("--seed", type=int, default=13)
+
+    @staticmethod
+    def flags(**draw: float) -> list[str]:
+        """``median_ms=150, hang_fraction=0.01`` as the command line's flags."""
+        return [part for name, value in draw.items()
+                for part in (f"--{name.replace('_', '-')}", str(value))]  # fmt: skip
+
     def draw(self) -> tuple[float, bool]:
         """Seconds until the answer (0: at once), and whether that is a hang."""
         if self.mu is None:
@@ -188,8 +208,7 @@ def _listen(count: int) -> list[socket.socket]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    farm = _Farm(Delays(args.median_ms / 1000, args.sigma, args.hang_fraction,
-                        args.hang_ms / 1000, args.seed))  # fmt: skip
+    farm = _Farm(Delays.of(args))
     loop = asyncio.get_running_loop()
     ports: list[int] = []
 
@@ -233,9 +252,8 @@ class TargetFarm(ChildServer):
             [
                 sys.executable, "-m", "tests.support.target_farm",
                 "--targets", str(targets), "--control-port", str(self.control),
-                "--median-ms", str(median_ms), "--sigma", str(sigma),
-                "--hang-fraction", str(hang_fraction), "--hang-ms", str(hang_ms),
-                "--seed", str(seed),
+                *Delays.flags(median_ms=median_ms, sigma=sigma, hang_fraction=hang_fraction,
+                              hang_ms=hang_ms, seed=seed),
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -285,11 +303,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Many slow HTTP targets on loopback.")
     parser.add_argument("--targets", type=int, required=True)
     parser.add_argument("--control-port", type=int, required=True)
-    parser.add_argument("--median-ms", type=float, default=0)
-    parser.add_argument("--sigma", type=float, default=0.6)
-    parser.add_argument("--hang-fraction", type=float, default=0.0)
-    parser.add_argument("--hang-ms", type=float, default=0)
-    parser.add_argument("--seed", type=int, default=13)
+    Delays.add_arguments(parser)
     args = parser.parse_args()
     # A listening socket per target plus the connections to each: past the usual 1,024.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
