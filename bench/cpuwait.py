@@ -36,14 +36,20 @@ EVERY_S = 0.1
 _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def _counters(pid: int) -> tuple[int, float]:
-    """(ns spent runnable but not running, ms of CPU used) by the process, all threads."""
+def run_queue_wait(pid: int) -> int:
+    """ns the process's threads have spent runnable but not running, so far."""
     waited = 0
     for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
         try:
             waited += int(task.read_text().split()[1])
         except (OSError, IndexError, ValueError):
             continue  # the thread ended between the listing and the read
+    return waited
+
+
+def _counters(pid: int) -> tuple[int, float]:
+    """(ns spent runnable but not running, ms of CPU used) by the process, all threads."""
+    waited = run_queue_wait(pid)
     try:
         # The command name may hold spaces: the fields start after its ")".
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

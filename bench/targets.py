@@ -82,6 +82,7 @@ import httpx
 from sqlalchemy import text
 
 from bench import client_floor
+from bench.cpuwait import run_queue_wait
 from bench.delivery import body
 from bench.ingest import cpu_seconds
 from bench.stalls import Watcher
@@ -229,13 +230,6 @@ def machine_busy() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def waited_for_cpu(pid: int) -> float:
-    """Seconds the process's main thread (the dispatcher's event loop) has spent runnable
-    but waiting for a core, so far (/proc/<pid>/schedstat, the kernel's run-queue time)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[1]) / 1e9
-
-
 def metrics_url(port: int, *names: str) -> str:
     """The dispatcher's metrics restricted to ``names``: a scrape then skips the process
     collector and every other series."""
@@ -257,7 +251,7 @@ class Sampler:
         default_factory=list
     )
     # (time, dispatcher CPU s, targets' CPU s, the machine's busy CPU s, the dispatcher's
-    # loop's run-queue wait s) every sample
+    # run-queue wait s) every sample
     cpu: list[tuple[float, float, float, float, float]] = field(default_factory=list)
     since: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -286,16 +280,15 @@ class Sampler:
                 now = time.time()
                 self.samples.append((now, rss_mb(self.pid), open_sockets, in_flight, bound))
                 farm = cpu_seconds(self.farm_pid) if self.farm_pid else 0.0
-                self.cpu.append(
-                    (now, cpu_seconds(self.pid), farm, machine_busy(), waited_for_cpu(self.pid))
-                )
+                waited = run_queue_wait(self.pid) / 1e9
+                self.cpu.append((now, cpu_seconds(self.pid), farm, machine_busy(), waited))
             except OSError:
                 continue  # still starting, or gone
 
     def cpu_between(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds of the dispatcher, the targets and the whole machine, and the
-        dispatcher loop's run-queue wait, between the samples nearest ``start`` and ``end``
-        (0.25 s apart), and the span they cover."""
+        dispatcher's run-queue wait (runnable, not running), between the samples nearest
+        ``start`` and ``end`` (0.25 s apart), and the span they cover."""
         first = min(self.cpu, key=lambda c: abs(c[0] - start))
         last = min(self.cpu, key=lambda c: abs(c[0] - end))
         return {
@@ -686,8 +679,8 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"dispatcher {window['dispatcher'] / window['span']:.0%} of a core, targets "
             f"process {window['targets'] / window['span']:.0%}, the whole machine "
             f"{window['machine'] / window['span'] / CORES:.0%} of its {CORES} cores; the "
-            f"dispatcher's loop waited for a core {window['waited'] / window['span']:.0%} of "
-            "the time (run queue, /proc/<pid>/schedstat); over "
+            f"dispatcher waited for a core {window['waited'] / window['span']:.0%} of the "
+            "time (runnable, not running: /proc/<pid>/task/*/schedstat); over "
             f"the whole load ({run['busy']:.0f} s, the hangs' tail included) "
             f"{run['cpu']['dispatcher'] / shape.jobs * 1e6:.0f} µs"),
     ]  # fmt: skip
