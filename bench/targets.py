@@ -52,13 +52,15 @@ scrape names the two gauges it reads (``?name[]=``). The CPU
 of the dispatcher, of the farm and of the whole machine is sampled every 0.25 s too, and
 CPU per delivery is read over the same 5 %-95 % window as the rate: over the whole load
 it would count the slow runs' tail, where the dispatcher only waits for the last hangs.
+So is the time the dispatcher waited for a core (runnable, not running): with its CPU
+share, it tells a dispatcher that was idle from one that was crowded out.
 The farm answers on a bare asyncio protocol; on aiohttp's server it took more of the two
 cores than the dispatcher in the slow runs (see ``tests.support.target_farm``). Then every
 job is accounted for: a SUCCESS row, or still retrying; each hang at a target must show
 as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
 hang at the target is a timeout of the dispatcher's own making.
 
-Run alone: ``python -m bench targets`` (10-12 minutes).
+Run alone: ``python -m bench targets`` (14 minutes).
 """
 
 from __future__ import annotations
