@@ -59,7 +59,7 @@ def _counters(pid: int) -> tuple[int, float]:
     return waited, used
 
 
-def _cpu_times() -> tuple[int, int, int, int]:
+def machine_times() -> tuple[int, int, int, int]:
     """(busy, total, softirq, steal) jiffies of the whole machine. Softirq is mostly the
     loopback network stack when no process was charged for it; steal is time the
     hypervisor gave to someone else while this machine wanted it."""
@@ -100,14 +100,14 @@ def sample(seconds: float, groups: dict[str, list[int] | str]) -> list[list[Any]
     # Per process, so that one which starts mid-run (counted from its birth) or ends
     # (no longer counted) does not make its group's totals jump.
     last = {pid: _counters(pid) for group in pids.values() for pid in group}
-    busy0, total0, softirq0, steal0 = _cpu_times()
+    busy0, total0, softirq0, steal0 = machine_times()
     next_at = time.monotonic()
     while not stop and time.monotonic() < until:
         next_at += EVERY_S
         time.sleep(max(0.0, next_at - time.monotonic()))
         pids = listed()
         now = {pid: _counters(pid) for group in pids.values() for pid in group}
-        busy, total, softirq, steal = _cpu_times()
+        busy, total, softirq, steal = machine_times()
         share = (busy - busy0) / (total - total0) if total > total0 else 0.0
         waits: dict[str, float] = {}
         used: dict[str, float] = {}

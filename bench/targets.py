@@ -53,7 +53,9 @@ of the dispatcher, of the farm and of the whole machine is sampled every 0.25 s 
 CPU per delivery is read over the same 5 %-95 % window as the rate: over the whole load
 it would count the slow runs' tail, where the dispatcher only waits for the last hangs.
 So is the time the dispatcher waited for a core (runnable, not running): with its CPU
-share, it tells a dispatcher that was idle from one that was crowded out.
+share, it tells a dispatcher that was idle from one that was crowded out. And the
+machine's steal (the hypervisor running another guest instead): one build's runs moved by
+up to a third from one hour to the next.
 The farm answers on a bare asyncio protocol; on aiohttp's server it took more of the two
 cores than the dispatcher in the slow runs (see ``tests.support.target_farm``). Then every
 job is accounted for: a SUCCESS row, or still retrying; each hang at a target must show
@@ -84,7 +86,7 @@ import httpx
 from sqlalchemy import text
 
 from bench import client_floor
-from bench.cpuwait import run_queue_wait
+from bench.cpuwait import machine_times, run_queue_wait
 from bench.delivery import body
 from bench.ingest import cpu_seconds
 from bench.stalls import Watcher
@@ -224,12 +226,12 @@ def sockets(pid: int) -> int:
     return count
 
 
-def machine_busy() -> float:
-    """CPU seconds every core of the machine spent not idle, so far (/proc/stat)."""
-    with open("/proc/stat") as f:
-        ticks = [int(t) for t in f.readline().split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds every core of the machine spent not idle, and of those the seconds the
+    hypervisor ran another guest instead (steal), so far (/proc/stat)."""
+    busy, _, _, steal = machine_times()
+    tick = os.sysconf("SC_CLK_TCK")
+    return busy / tick, steal / tick
 
 
 def metrics_url(port: int, *names: str) -> str:
@@ -253,8 +255,8 @@ class Sampler:
         default_factory=list
     )
     # (time, dispatcher CPU s, targets' CPU s, the machine's busy CPU s, the dispatcher's
-    # run-queue wait s) every sample
-    cpu: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    # run-queue wait s, the machine's steal s) every sample
+    cpu: list[tuple[float, float, float, float, float, float]] = field(default_factory=list)
     since: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -283,14 +285,15 @@ class Sampler:
                 self.samples.append((now, rss_mb(self.pid), open_sockets, in_flight, bound))
                 farm = cpu_seconds(self.farm_pid) if self.farm_pid else 0.0
                 waited = run_queue_wait(self.pid) / 1e9
-                self.cpu.append((now, cpu_seconds(self.pid), farm, machine_busy(), waited))
+                busy, steal = machine_busy()
+                self.cpu.append((now, cpu_seconds(self.pid), farm, busy, waited, steal))
             except OSError:
                 continue  # still starting, or gone
 
     def cpu_between(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds of the dispatcher, the targets and the whole machine, and the
-        dispatcher's run-queue wait (runnable, not running), between the samples nearest
-        ``start`` and ``end`` (0.25 s apart), and the span they cover."""
+        """CPU seconds of the dispatcher, the targets and the whole machine (and its
+        steal), and the dispatcher's run-queue wait (runnable, not running), between the
+        samples nearest ``start`` and ``end`` (0.25 s apart), and the span they cover."""
         first = min(self.cpu, key=lambda c: abs(c[0] - start))
         last = min(self.cpu, key=lambda c: abs(c[0] - end))
         return {
@@ -299,6 +302,7 @@ class Sampler:
             "targets": last[2] - first[2],
             "machine": last[3] - first[3],
             "waited": last[4] - first[4],
+            "steal": last[5] - first[5],
         }
 
     def mark(self) -> None:
@@ -680,7 +684,9 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"while the deliveries between 5 % and 95 % were made ({window['span']:.1f} s): "
             f"dispatcher {window['dispatcher'] / window['span']:.0%} of a core, targets "
             f"process {window['targets'] / window['span']:.0%}, the whole machine "
-            f"{window['machine'] / window['span'] / CORES:.0%} of its {CORES} cores; the "
+            f"{window['machine'] / window['span'] / CORES:.0%} of its {CORES} cores (steal "
+            f"{window['steal'] / window['span'] / CORES:.1%}: the hypervisor running another "
+            "guest); the "
             f"dispatcher waited for a core {window['waited'] / window['span']:.0%} of the "
             "time (runnable, not running: /proc/<pid>/task/*/schedstat); over "
             f"the whole load ({run['busy']:.0f} s, the hangs' tail included) "
