@@ -80,7 +80,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from sqlalchemy import text
@@ -241,6 +241,17 @@ def metrics_url(port: int, *names: str) -> str:
     return f"http://127.0.0.1:{port}/metrics?{query}"
 
 
+class CpuSample(NamedTuple):
+    """Counters read together every sample, in seconds so far."""
+
+    at: float
+    dispatcher: float  # its CPU
+    targets: float  # the farm's CPU
+    machine: float  # every core's busy time
+    waited: float  # the dispatcher's run-queue wait (runnable, not running)
+    steal: float  # the machine's: the hypervisor running another guest
+
+
 @dataclass
 class Sampler:
     """RSS and open sockets of one process every 0.25 s, its requests in flight every
@@ -254,9 +265,7 @@ class Sampler:
     samples: list[tuple[float, float, int, float | None, float | None]] = field(
         default_factory=list
     )
-    # (time, dispatcher CPU s, targets' CPU s, the machine's busy CPU s, the dispatcher's
-    # run-queue wait s, the machine's steal s) every sample
-    cpu: list[tuple[float, float, float, float, float, float]] = field(default_factory=list)
+    cpu: list[CpuSample] = field(default_factory=list)
     since: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -286,7 +295,7 @@ class Sampler:
                 farm = cpu_seconds(self.farm_pid) if self.farm_pid else 0.0
                 waited = run_queue_wait(self.pid) / 1e9
                 busy, steal = machine_busy()
-                self.cpu.append((now, cpu_seconds(self.pid), farm, busy, waited, steal))
+                self.cpu.append(CpuSample(now, cpu_seconds(self.pid), farm, busy, waited, steal))
             except OSError:
                 continue  # still starting, or gone
 
@@ -294,16 +303,11 @@ class Sampler:
         """CPU seconds of the dispatcher, the targets and the whole machine (and its
         steal), and the dispatcher's run-queue wait (runnable, not running), between the
         samples nearest ``start`` and ``end`` (0.25 s apart), and the span they cover."""
-        first = min(self.cpu, key=lambda c: abs(c[0] - start))
-        last = min(self.cpu, key=lambda c: abs(c[0] - end))
-        return {
-            "span": last[0] - first[0],
-            "dispatcher": last[1] - first[1],
-            "targets": last[2] - first[2],
-            "machine": last[3] - first[3],
-            "waited": last[4] - first[4],
-            "steal": last[5] - first[5],
-        }
+        first = min(self.cpu, key=lambda c: abs(c.at - start))
+        last = min(self.cpu, key=lambda c: abs(c.at - end))
+        spent = {name: b - a for name, a, b in zip(CpuSample._fields, first, last, strict=True)}
+        spent["span"] = spent.pop("at")
+        return spent
 
     def mark(self) -> None:
         """Peaks count from now (after the warm-up)."""
