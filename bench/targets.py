@@ -690,9 +690,8 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"process {window['targets'] / window['span']:.0%}, the whole machine "
             f"{window['machine'] / window['span'] / CORES:.0%} of its {CORES} cores (steal "
             f"{window['steal'] / window['span'] / CORES:.1%}: the hypervisor running another "
-            "guest); the "
-            f"dispatcher waited for a core {window['waited'] / window['span']:.0%} of the "
-            "time (runnable, not running: /proc/<pid>/task/*/schedstat); over "
+            f"guest); the dispatcher waited for a core {window['waited'] / window['span']:.0%} "
+            "of the time (runnable, not running: /proc/<pid>/task/*/schedstat); over "
             f"the whole load ({run['busy']:.0f} s, the hangs' tail included) "
             f"{run['cpu']['dispatcher'] / shape.jobs * 1e6:.0f} µs"),
     ]  # fmt: skip
