@@ -37,6 +37,8 @@ any retry can: receivers deduplicate by ``webhook-id``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import socket
 import ssl
@@ -51,7 +53,13 @@ from yarl import URL
 
 from shared.loopref import LoopRef
 from shared.singleflight import SingleFlight
-from shared.urlsafety import UnsafeTargetError, check_addresses, classify_address, parse_ip
+from shared.urlsafety import (
+    IPAddress,
+    UnsafeTargetError,
+    check_addresses,
+    classify_address,
+    parse_ip,
+)
 
 # Servers close idle keep-alive connections after 5 s (Node.js, uvicorn) to 75 s (nginx);
 # a reused connection closed meanwhile is retried on a new one, so this only bounds how
@@ -120,6 +128,9 @@ class Endpoint:
     tls: bool
     # "POST <path?query> HTTP/1.1\r\nHost: <host[:port]>\r\n"
     request_line: str
+    # The address when the host is an IP literal: parsed once here, not at every
+    # connection (a name raised ValueError in ``ipaddress`` each time).
+    literal: IPAddress | None
 
     @classmethod
     def of(cls, url: URL) -> Endpoint:
@@ -134,7 +145,7 @@ class Endpoint:
         line = f"POST {url.raw_path_qs or '/'} HTTP/1.1\r\nHost: {shown}\r\n"
         if line.count("\n") != 2 or line.count("\r") != 2 or "\0" in line:
             raise InvalidRequest("a line break or NUL in the target URL")
-        return cls((url.scheme, host, port), host, port, tls, line)
+        return cls((url.scheme, host, port), host, port, tls, line, parse_ip(host))
 
 
 def request_head(endpoint: Endpoint, headers: dict[str, str], length: int) -> bytes:
@@ -300,6 +311,11 @@ class _Connection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+# An IP literal's verdict, kept: ``classify_address`` tests the address against every
+# blocked network (4-5 µs), and a target named by its address asks at every connection.
+_refusal = functools.lru_cache(maxsize=4096)(classify_address)
 
 
 def _timed_out(answer: asyncio.Future[Answer]) -> None:
@@ -521,8 +537,11 @@ class Http1Client:
                 # swallows SYNs (a broken IPv6 route) must not eat the whole timeout.
                 last = n == len(addresses)
                 share = None if last else (deadline - loop.time()) / 2
+                # The last address has the rest of the deadline, the outer timeout's; no
+                # second timer for it (a name with one address, or an IP literal).
+                limit = contextlib.nullcontext() if last else asyncio.timeout(share)
                 try:
-                    async with asyncio.timeout(share):
+                    async with limit:
                         _, conn = await open_connection(
                             loop,
                             lambda: _Connection(key),
@@ -548,9 +567,9 @@ class Http1Client:
             raise failure
 
     async def _addresses_of(self, endpoint: Endpoint) -> list[str]:
-        literal = parse_ip(endpoint.host)
+        literal = endpoint.literal
         if literal is not None:
-            reason = None if self._allow_private else classify_address(literal)
+            reason = None if self._allow_private else _refusal(literal)
             if reason:
                 raise UnsafeTargetError(f"target {endpoint.host} is a {reason}")
             return [endpoint.host]
