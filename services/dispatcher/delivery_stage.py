@@ -43,7 +43,7 @@ from services.dispatcher.limits import TargetLimits
 from services.dispatcher.ordered import OrderedQueues, Ticket
 from services.dispatcher.publishing import OutRecord, Publisher
 from services.dispatcher.rates import StartRates
-from services.dispatcher.sender import post, post_traced
+from services.dispatcher.sender import excerpt_text, post, post_traced
 from services.dispatcher.stalls import LoopStalls, ZombieFence
 from services.dispatcher.streaks import Streak
 from shared import tracing
@@ -390,14 +390,14 @@ class DeliveryStage:
                 previous_key=_signing_key(previous[0]) if previous else None,
             )
             send = post_traced if tracing.enabled else post
-            response = await send(
+            answer = await send(
                 self.http,
                 target.url,
                 job.body,
                 headers,
                 excerpt_bytes=self.settings.response_excerpt_bytes,
             )
-            outcome = outcome_of_response(response.status, response.retry_after, response.excerpt)
+            outcome = outcome_of_response(answer.status, answer.retry_after, excerpt_text(answer))
         except Exception as exc:
             outcome = outcome_of_error(exc, timeout=self.settings.delivery_timeout)
         finally:

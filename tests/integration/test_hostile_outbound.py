@@ -76,7 +76,7 @@ def _settings(*, allow_private: bool) -> Settings:
     return Settings(allow_private_targets=allow_private, delivery_timeout=5)
 
 
-async def _post(client: http1.Http1Client, url: str) -> sender.Response:
+async def _post(client: http1.Http1Client, url: str) -> http1.Answer:
     return await sender.post(client, URL(url), b'{"n": 1}', {}, excerpt_bytes=256)
 
 
