@@ -38,7 +38,7 @@ def test_the_request_line_and_pool_key() -> None:
 
 
 async def test_a_blocked_literal_is_refused_at_every_connection() -> None:
-    # Its verdict is kept (``_refusal``), not forgotten after the first refusal.
+    # Its verdict is kept on the endpoint, not forgotten after the first refusal.
     client = http1.Http1Client(resolver=_NoLookups(), allow_private=False, timeout=1.0)
     endpoint = client.endpoint(URL("http://10.1.2.3:8080/hook"))
     try:
