@@ -534,7 +534,7 @@ class Http1Client:
                 # Every address but the last gets half of what is left: an address that
                 # swallows SYNs (a broken IPv6 route) must not eat the whole timeout.
                 last = n == len(addresses)
-                share = None if last else (deadline - loop.time()) / 2
+                share = (deadline - loop.time()) / 2
                 # The last address has the rest of the deadline, the outer timeout's; no
                 # second timer for it (a name with one address, or an IP literal).
                 limit = contextlib.nullcontext() if last else asyncio.timeout(share)
