@@ -59,8 +59,8 @@ async def test_a_request_sent_after_later_deadlines_is_not_held_behind_them() ->
 
 
 async def test_answered_requests_leave_nothing_behind() -> None:
-    """Entries of answered requests go once nothing unanswered is ahead of them: the
-    queue holds at most a timeout's worth, behind a request that never answers."""
+    """An answered request's entry goes at once, even behind a request that never
+    answers: what waits for a timeout is the unanswered requests only."""
     loop = asyncio.get_running_loop()
     deadlines = http1._Deadlines()
     hung = answer(loop)
@@ -70,17 +70,32 @@ async def test_answered_requests_leave_nothing_behind() -> None:
         watched = deadlines.watch(loop, loop.time() + 10, future)
         future.set_result(http1.Answer(200, None, None))
         deadlines.forget(watched)
-    assert len(deadlines._due) == 1001  # behind the hung one, still unanswered
+    assert list(deadlines._due) == [hung]
 
     await failed_at(loop, hung)
 
     assert len(deadlines._due) == 0
-    for _ in range(1000):
-        future = answer(loop)
-        watched = deadlines.watch(loop, loop.time() + 10, future)
-        future.set_result(http1.Answer(200, None, None))
-        deadlines.forget(watched)
-    assert len(deadlines._due) == 0
+    deadlines.close()
+
+
+async def test_many_requests_due_together_all_time_out() -> None:
+    """Requests whose deadlines have all passed when the timer fires (a target that
+    stopped answering) time out together; the first still pending keeps the timer."""
+    loop = asyncio.get_running_loop()
+    deadlines = http1._Deadlines()
+    start = loop.time()
+    due = [answer(loop) for _ in range(500)]
+    for future in due:
+        deadlines.watch(loop, start + 0.05, future)
+    later = answer(loop)
+    deadlines.watch(loop, start + 0.3, later)
+
+    times = await asyncio.gather(*(failed_at(loop, future) for future in due))
+
+    assert all(start + 0.05 <= at < start + 1.0 for at in times)
+    assert not later.done()
+    assert list(deadlines._due) == [later]
+    assert start + 0.3 <= await failed_at(loop, later) < start + 1.3
     deadlines.close()
 
 
