@@ -106,3 +106,21 @@ def test_random_completion_order_matches_a_brute_force_model() -> None:
         first_unfinished = next((o for o in offsets if o not in finished), None)
         expected = first_unfinished if first_unfinished is not None else offsets[-1] + 1
         assert part.commit_point == expected
+        assert part.unfinished == len(offsets) - len(finished)
+        assert part.pending == len([o for o in offsets if o >= expected])
+
+
+def test_records_started_behind_a_hung_one_keep_counting_as_pending() -> None:
+    """A hung record holds the commit point; the records started after it count as
+    pending whether they finished or not, and the offsets keep only what is unfinished."""
+    part = PartitionOffsets()
+    part.start(100)  # hangs
+    for offset in range(101, 5101):
+        part.start(offset)
+        part.finish(offset)
+    assert part.commit_point == 100
+    assert part.pending == 5001
+    assert part.unfinished == 1
+    assert list(part._open) == [100]
+    part.finish(100)
+    assert (part.commit_point, part.pending, part.unfinished) == (5101, 0, 0)
