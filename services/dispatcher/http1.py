@@ -251,6 +251,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        # The parser holds our callbacks and we hold it: a cycle, left to the garbage
+        # collector, for every connection closed (one per hung request). Nothing is
+        # parsed past this point.
+        del self._parser
         if self.home is not None and self in self.home:
             self.home.remove(self)
         if self.answer is None:
