@@ -436,8 +436,9 @@ class CircuitBreaker:
             < self._sync_interval + min(slack, self._sync_interval)
         )
 
-    async def record(self, target: str, ok: bool) -> None:
-        """Count the outcome of a request: ``ok`` for a 2xx-class answer."""
+    async def record(self, target: str, ok: bool, *, failures: int = 1) -> None:
+        """Count the outcome of a request: ``ok`` for a 2xx-class answer; a failure may
+        stand for ``failures`` in a row (one round trip for all of them)."""
         if ok and self.closed_lately(target):
             # Nothing to reset as far as we know: skip the round trip on the hot path. A
             # run of failures another process began in the last sync_interval is not
@@ -458,7 +459,7 @@ class CircuitBreaker:
             if ok:  # a success wipes out the failures before it
                 outcomes.reset, outcomes.failures = True, 0
             else:
-                outcomes.failures += 1
+                outcomes.failures += failures
             if not first:
                 await asyncio.shield(outcomes.sent)  # the first caller sends them all
                 return

@@ -6,11 +6,22 @@ asks Redis at the same moment (up to 64 per target, and again to report its succ
 which exhausted the Redis client's 100 connections in the benchmark and sent the breaker
 to its local-only fallback. The gate remembers for ``fresh`` seconds that a target's
 breaker said "closed", answers from that, and does not report successes meanwhile (the
-breaker skips those round trips itself when its view is fresh). A failure always reaches
-the breaker and drops the memo, so an opening breaker is seen within ``fresh``; and the
-first success after a failure always reaches it too, memo or not, because the breaker
-counts failures *in a row*: a flaky target whose successes were kept from it would look
-dead (the fault suite's SIGSTOP scenario opened a live target's breaker that way).
+breaker skips those round trips itself when its view is fresh). A failure in a run
+reaches the breaker and drops the memo, so an opening breaker is seen within ``fresh``;
+and the first success after a failure it was told always reaches it too, memo or not, as
+the breaker counts failures *in a row*: a flaky target whose successes were kept from it
+would look dead (the fault suite's SIGSTOP scenario opened a live target's breaker that
+way).
+
+A lone failure is not told at all. The first failure of a run (after a success, as this
+process saw them), while the breaker is plainly closed, is held here: the next failure
+takes it along, both in one round trip, and a success first forgives it, with nothing
+told either way. Against slow targets 1 % of requests hang, each target's hang is
+followed by successes, and telling the breaker cost two Redis round trips per hang (the
+failure, then the first success after it), ~200 µs of CPU of the ~650 a hang cost the
+dispatcher. A dead or failing target still reaches the breaker from its second failure
+in a row on; across processes, opening may take one failure more per process (each
+holds its first), against a threshold of five.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ class BreakerGate:
         self._closed_at: dict[str, float] = {}
         # Targets with a failure the breaker has not yet seen a success after.
         self._failing: set[str] = set()
+        # Targets whose latest outcome is a lone failure, held back (see the docstring).
+        self._held: set[str] = set()
 
     def allows_now(self, target: str) -> bool:
         """True when ``allow`` would say yes without asking anyone: the memo is fresh, or
@@ -67,8 +80,13 @@ class BreakerGate:
         plainly closed lately, as of when the request began (``took`` seconds ago; see
         ``CircuitBreaker.closed_lately``). The hot path skips the call then (see
         ``allows_now``)."""
-        if not ok or target in self._failing:
+        if not ok or target in self._failing or target in self._held:
             return False
+        return self._seen_closed(target, took)
+
+    def _seen_closed(self, target: str, took: float = 0.0) -> bool:
+        """The memo is fresh, or the breaker's view was plainly closed lately (as of
+        ``took`` seconds ago)."""
         seen = self._closed_at.get(target)
         if seen is not None and self._clock() - seen < self._fresh:
             return True
@@ -94,11 +112,26 @@ class BreakerGate:
     async def record(self, target: str, ok: bool) -> None:
         if self.quiet(target, ok):
             return
+        failures = 1
         if ok:
+            if target in self._held:
+                self._held.discard(target)  # a lone failure, forgiven: nothing to tell
+                return
             self._failing.discard(target)  # the first success after a failure: tell it
-        else:
+        elif target in self._held:
+            self._held.discard(target)
+            failures = 2  # the held one and this one, in a row
+        elif target not in self._failing and self._seen_closed(target):
+            # The first of a run, the breaker plainly closed: held until the next outcome.
+            # Not when it may be open or half-open (another process's failures): a failed
+            # probe must reopen it at once.
+            if len(self._held) >= _MAX_TARGETS:
+                self._held.clear()
+            self._held.add(target)
+            return
+        if not ok:
             self._closed_at.pop(target, None)
             if len(self._failing) >= _MAX_TARGETS:
                 self._failing.clear()
             self._failing.add(target)
-        await self._breaker.record(target, ok)
+        await self._breaker.record(target, ok, failures=failures)

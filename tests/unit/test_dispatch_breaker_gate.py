@@ -17,18 +17,20 @@ class Clock:
 
 
 class CountingBreaker(CircuitBreaker):
-    def __init__(self, clock: Clock) -> None:
-        super().__init__(None, "t", BreakerConfig(failure_threshold=2), clock=clock)
+    def __init__(self, clock: Clock, threshold: int = 2) -> None:
+        super().__init__(None, "t", BreakerConfig(failure_threshold=threshold), clock=clock)
         self.asked = 0
-        self.told: list[bool] = []
+        self.told: list[bool] = []  # every outcome told
+        self.calls = 0  # the calls that told them (a round trip each)
 
     async def allow(self, target: str) -> bool:
         self.asked += 1
         return await super().allow(target)
 
-    async def record(self, target: str, ok: bool) -> None:
-        self.told.append(ok)
-        await super().record(target, ok)
+    async def record(self, target: str, ok: bool, *, failures: int = 1) -> None:
+        self.calls += 1
+        self.told.extend([ok] if ok else [ok] * failures)
+        await super().record(target, ok, failures=failures)
 
 
 async def test_a_closed_target_is_asked_about_once_per_fresh_period() -> None:
@@ -45,7 +47,7 @@ async def test_a_closed_target_is_asked_about_once_per_fresh_period() -> None:
     assert breaker.asked == 2
 
 
-async def test_failures_always_reach_the_breaker_and_an_open_one_is_seen_at_once() -> None:
+async def test_a_run_of_failures_reaches_the_breaker_and_an_open_one_is_seen_at_once() -> None:
     clock = Clock()
     breaker = CountingBreaker(clock)
     gate = BreakerGate(breaker, fresh=0.1, clock=clock)
@@ -53,30 +55,63 @@ async def test_failures_always_reach_the_breaker_and_an_open_one_is_seen_at_once
     await gate.record("b:80", ok=False)
     await gate.record("b:80", ok=False)
     assert breaker.told == [False, False]
+    assert breaker.calls == 1  # the held first failure went with the second
     assert breaker.state("b:80") is BreakerState.OPEN
     assert not await gate.allow("b:80")  # no stale "closed" memo survives a failure
 
 
-async def test_the_first_success_after_a_failure_always_reaches_the_breaker() -> None:
-    """A flaky target (one request in eight fails) under load: the memo is re-made by the
-    next lookup right after a failure; were the successes in between kept from the
-    breaker, it would see only failures, in a row, and open on a live target."""
+async def test_a_lone_failure_is_held_and_a_success_forgives_it() -> None:
+    """A slow target's hang among successes (1 % of requests): nothing reaches the
+    breaker, and it stays closed."""
     clock = Clock()
     breaker = CountingBreaker(clock)  # opens after 2 failures in a row
     gate = BreakerGate(breaker, fresh=0.1, clock=clock)
     for _ in range(5):
+        assert await gate.allow("h:80")
+        await gate.record("h:80", ok=False)
+        assert gate.allows_now("h:80")  # nothing told: the memo stands
+        assert not gate.quiet("h:80", ok=True)  # the next success must forgive it
+        for _ in range(7):
+            await gate.record("h:80", ok=True)
+    assert breaker.told == []
+    assert breaker.state("h:80") is BreakerState.CLOSED
+
+
+async def test_the_first_success_after_a_told_failure_always_reaches_the_breaker() -> None:
+    """A flaky target (two requests in nine fail, in a row) under load: the memo is re-made
+    by the next lookup right after the failures; were the successes in between kept from
+    the breaker, it would see only failures, in a row, and open on a live target."""
+    clock = Clock()
+    breaker = CountingBreaker(clock, threshold=3)
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    for _ in range(5):
         assert await gate.allow("c:80")
+        await gate.record("c:80", ok=False)
         await gate.record("c:80", ok=False)
         assert await gate.allow("c:80")  # another request: memo fresh again
         for _ in range(7):
             await gate.record("c:80", ok=True)
     assert breaker.state("c:80") is BreakerState.CLOSED
-    # One success reported per failure, not all 35.
-    assert breaker.told == [False, True] * 5
+    # One success reported per run of failures, not all 35.
+    assert breaker.told == [False, False, True] * 5
+
+
+async def test_a_failure_is_told_at_once_unless_the_breaker_is_plainly_closed() -> None:
+    """Another process's failures on the books (or an open breaker, whose probe this may
+    be): a failure here must reach the breaker now, not wait for a second one."""
+    clock = Clock()
+    breaker = CountingBreaker(clock, threshold=3)
+    gate = BreakerGate(breaker, fresh=0.1, clock=clock)
+    breaker._remember("p:80", BreakerSnapshot(failures=1, since=clock.now), clock.now)
+    await gate.record("p:80", ok=False)
+    assert breaker.told == [False]
+    assert breaker.state("p:80") is BreakerState.CLOSED
+    await gate.record("p:80", ok=False)
+    assert breaker.state("p:80") is BreakerState.OPEN
 
 
 async def test_a_success_while_a_failure_is_still_being_reported_reaches_the_breaker() -> None:
-    """The breaker's own view shows a failure only once its round trip returns; the
+    """The breaker's own view shows failures only once their round trip returns; the
     gate must not wait for that before letting the next success through."""
     clock = Clock()
     breaker = CountingBreaker(clock)
@@ -84,30 +119,31 @@ async def test_a_success_while_a_failure_is_still_being_reported_reaches_the_bre
     reported = asyncio.Event()
     original = breaker.record
 
-    async def slow_failure(target: str, ok: bool) -> None:
+    async def slow_failure(target: str, ok: bool, *, failures: int = 1) -> None:
         if not ok:
-            breaker.told.append(ok)
+            breaker.told.extend([ok] * failures)
             await reported.wait()  # the round trip is still out
-            await CircuitBreaker.record(breaker, target, ok)
+            await CircuitBreaker.record(breaker, target, ok, failures=failures)
         else:
             await original(target, ok)
 
     breaker.record = slow_failure  # type: ignore[method-assign]
     assert await gate.allow("d:80")
+    await gate.record("d:80", ok=False)  # held
     failing = asyncio.create_task(gate.record("d:80", ok=False))
     await asyncio.sleep(0)
     assert await gate.allow("d:80")  # another request re-makes the memo meanwhile
     await gate.record("d:80", ok=True)
     reported.set()
     await failing
-    assert breaker.told == [False, True]
+    assert breaker.told == [False, False, True]
 
 
 async def test_the_hot_path_checks_answer_as_allow_and_record_would() -> None:
     """``allows_now`` and ``quiet`` skip the coroutines only where ``allow`` and ``record``
     would not have asked or told the breaker anything."""
     clock = Clock()
-    breaker = CountingBreaker(clock)
+    breaker = CountingBreaker(clock, threshold=3)
     gate = BreakerGate(breaker, fresh=0.1, clock=clock)
     assert not gate.allows_now("e:80")  # never seen: ask
     assert await gate.allow("e:80")
@@ -124,13 +160,22 @@ async def test_the_hot_path_checks_answer_as_allow_and_record_would() -> None:
     assert breaker.told == []
     clock.now += 0.05
     assert gate.allows_now("e:80")  # the memo was renewed
-    # After a failure neither check passes until the breaker has seen a success.
+    # A lone failure is held: nothing told, the memo stands, and the next success is
+    # not quiet (it forgives the failure, telling nothing either).
+    await gate.record("e:80", ok=False)
+    assert gate.allows_now("e:80")
+    assert not gate.quiet("e:80", ok=True)
+    await gate.record("e:80", ok=True)
+    assert gate.quiet("e:80", ok=True)
+    assert breaker.told == []
+    # After a run of failures neither check passes until the breaker has seen a success.
+    await gate.record("e:80", ok=False)
     await gate.record("e:80", ok=False)
     assert not gate.allows_now("e:80")
     assert await gate.allow("e:80")
     assert not gate.quiet("e:80", ok=True)
     await gate.record("e:80", ok=True)
-    assert breaker.told == [False, True]
+    assert breaker.told == [False, False, True]
     # The breaker's view goes stale after its sync interval: ask again.
     clock.now += 5
     assert not gate.allows_now("e:80")
