@@ -75,6 +75,12 @@ async def test_answered_requests_leave_nothing_behind() -> None:
     await failed_at(loop, hung)
 
     assert len(deadlines._due) == 0
+    for _ in range(1000):
+        future = answer(loop)
+        watched = deadlines.watch(loop, loop.time() + 10, future)
+        future.set_result(http1.Answer(200, None, None))
+        deadlines.forget(watched)
+    assert len(deadlines._due) == 0
     deadlines.close()
 
 
