@@ -112,13 +112,15 @@ class BreakerGate:
     async def record(self, target: str, ok: bool) -> None:
         if self.quiet(target, ok):
             return
-        failures = 1
         if ok:
             if target in self._held:
                 self._held.discard(target)  # a lone failure, forgiven: nothing to tell
                 return
             self._failing.discard(target)  # the first success after a failure: tell it
-        elif target in self._held:
+            await self._breaker.record(target, ok)
+            return
+        failures = 1
+        if target in self._held:
             self._held.discard(target)
             failures = 2  # the held one and this one, in a row
         elif target not in self._failing and self._seen_closed(target):
@@ -129,9 +131,8 @@ class BreakerGate:
                 self._held.clear()
             self._held.add(target)
             return
-        if not ok:
-            self._closed_at.pop(target, None)
-            if len(self._failing) >= _MAX_TARGETS:
-                self._failing.clear()
-            self._failing.add(target)
+        self._closed_at.pop(target, None)
+        if len(self._failing) >= _MAX_TARGETS:
+            self._failing.clear()
+        self._failing.add(target)
         await self._breaker.record(target, ok, failures=failures)
