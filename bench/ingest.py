@@ -112,11 +112,17 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (from /proc), robust to a noisy machine."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU of a process so far, in seconds (from /proc)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far, robust to a noisy machine."""
+    return sum(cpu_times(pid))
 
 
 def wrk(url: str, script: Path, duration: int) -> dict[str, Any]:

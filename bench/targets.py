@@ -88,7 +88,7 @@ from sqlalchemy import text
 from bench import client_floor
 from bench.cpuwait import machine_times, run_queue_wait
 from bench.delivery import body
-from bench.ingest import cpu_seconds
+from bench.ingest import cpu_seconds, cpu_times
 from bench.stalls import Watcher
 from shared.models import DEFAULT_APPLICATION_ID
 from shared.records import DeliveryJob, EventRecord
@@ -246,6 +246,7 @@ class CpuSample(NamedTuple):
 
     at: float
     dispatcher: float  # its CPU
+    kernel: float  # the part of it spent in the kernel (system CPU): its sockets' work
     targets: float  # the farm's CPU
     machine: float  # every core's busy time
     waited: float  # the dispatcher's run-queue wait (runnable, not running)
@@ -295,7 +296,8 @@ class Sampler:
                 farm = cpu_seconds(self.farm_pid) if self.farm_pid else 0.0
                 waited = run_queue_wait(self.pid) / 1e9
                 busy, steal = machine_busy()
-                self.cpu.append(CpuSample(now, cpu_seconds(self.pid), farm, busy, waited, steal))
+                user, kernel = cpu_times(self.pid)
+                self.cpu.append(CpuSample(now, user + kernel, kernel, farm, busy, waited, steal))
             except OSError:
                 continue  # still starting, or gone
 
@@ -683,9 +685,10 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"polled every 10 ms during the load; gaps over 50 ms: "
             f"{run['stalls']['over_50ms']:,}; the dispatcher counts a gap over 1 s as a stall "
             "of its own and re-sends what timed out across it ('cut short')"),
-        row(f"dispatcher CPU per delivery, {label}",
-            round(window["dispatcher"] / (run["rate"] * window["span"]) * 1e6), "µs",
-            f"while the deliveries between 5 % and 95 % were made ({window['span']:.1f} s): "
+        row(f"dispatcher CPU per delivery, {label}", round(_cpu_us(run)[0]), "µs",
+            f"while the deliveries between 5 % and 95 % were made ({window['span']:.1f} s), "
+            f"{_cpu_us(run)[1]:.0f} µs of it in the kernel (system CPU: mostly its sockets' "
+            "TCP work): "
             f"dispatcher {window['dispatcher'] / window['span']:.0%} of a core, targets "
             f"process {window['targets'] / window['span']:.0%}, the whole machine "
             f"{window['machine'] / window['span'] / CORES:.0%} of its {CORES} cores (steal "
@@ -699,6 +702,13 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
         # No request reached the farm: its counts (hangs, connections) say nothing here.
         return [r for r in rows if r["metric"].startswith(_TIMED_ROWS)]
     return [r for r in rows if r["metric"].startswith(_REPEAT_ROWS)] if repeat else rows
+
+
+def _cpu_us(run: dict[str, Any]) -> tuple[float, float]:
+    """The dispatcher's CPU per delivery over the 5 %-95 % window, and its kernel part."""
+    window = run["window_cpu"]
+    delivered = run["rate"] * window["span"]
+    return window["dispatcher"] / delivered * 1e6, window["kernel"] / delivered * 1e6
 
 
 def rows_for(runs: dict[Shape, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -736,10 +746,19 @@ def rows_for(runs: dict[Shape, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             if len(pairs) > 1
             else ""
         )
+        cpu = {
+            name: [statistics.median(_cpu_us(r)[i] for r in runs[shape]) for i in (0, 1)]
+            for name, shape in (("slow", slow), ("instant", instant))
+        }
+        spent = (
+            f"the medians' CPU per delivery: {cpu['slow'][0]:.0f} µs slow, {cpu['slow'][1]:.0f} "
+            f"of it in the kernel, against {cpu['instant'][0]:.0f} µs and "
+            f"{cpu['instant'][1]:.0f}; "
+        )
         rows.append(
             row(f"slow / instant, timeout {instant.timeout_s:g} s{jobs}", round(ratio, 1), "%",
-                f"{target}{each}same dispatcher settings, same 1,000 ports; slow: log-normal "
-                f"median {MEDIAN_MS} ms sigma {SIGMA}, {HANG_FRACTION:.0%} hang "
+                f"{target}{each}{spent}same dispatcher settings, same 1,000 ports; slow: "
+                f"log-normal median {MEDIAN_MS} ms sigma {SIGMA}, {HANG_FRACTION:.0%} hang "
                 f"{slow.hang_ms / 1000:g} s")
         )  # fmt: skip
     over = {
