@@ -37,6 +37,14 @@ FRESH = 0.1
 _MAX_TARGETS = 10_000
 
 
+def _mark(targets: set[str], target: str) -> None:
+    """Add ``target`` to one of the gate's sets, which start over (forgetting what they
+    held) at ``_MAX_TARGETS`` targets: memory stays bounded whatever the targets."""
+    if len(targets) >= _MAX_TARGETS:
+        targets.clear()
+    targets.add(target)
+
+
 class BreakerGate:
     def __init__(
         self,
@@ -127,12 +135,8 @@ class BreakerGate:
             # The first of a run, the breaker plainly closed: held until the next outcome.
             # Not when it may be open or half-open (another process's failures): a failed
             # probe must reopen it at once.
-            if len(self._held) >= _MAX_TARGETS:
-                self._held.clear()
-            self._held.add(target)
+            _mark(self._held, target)
             return
         self._closed_at.pop(target, None)
-        if len(self._failing) >= _MAX_TARGETS:
-            self._failing.clear()
-        self._failing.add(target)
+        _mark(self._failing, target)
         await self._breaker.record(target, ok, failures=failures)
