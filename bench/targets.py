@@ -641,6 +641,7 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
     shape: Shape = run["shape"]
     peak, stats, o = run["peak"], run["stats"], run["outcome"]
     window = run["window_cpu"]
+    spent, in_kernel = _cpu_us(run)
     label = shape.name if not repeat else f"{shape.name}, run {repeat + 1}"
     hangs = (
         f"{stats['hung']} requests hung at the targets ({shape.hang_ms / 1000:g} s); "
@@ -687,9 +688,9 @@ def _run_rows(run: dict[str, Any], repeat: int = 0) -> list[dict[str, Any]]:
             f"polled every 10 ms during the load; gaps over 50 ms: "
             f"{run['stalls']['over_50ms']:,}; the dispatcher counts a gap over 1 s as a stall "
             "of its own and re-sends what timed out across it ('cut short')"),
-        row(f"dispatcher CPU per delivery, {label}", round(_cpu_us(run)[0]), "µs",
+        row(f"dispatcher CPU per delivery, {label}", round(spent), "µs",
             f"while the deliveries between 5 % and 95 % were made ({window['span']:.1f} s), "
-            f"{_cpu_us(run)[1]:.0f} µs of it in the kernel (system CPU: mostly its sockets' "
+            f"{in_kernel:.0f} µs of it in the kernel (system CPU: mostly its sockets' "
             "TCP work): "
             f"dispatcher {window['dispatcher'] / window['span']:.0%} of a core, targets "
             f"process {window['targets'] / window['span']:.0%}, the whole machine "
