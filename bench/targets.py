@@ -32,7 +32,7 @@ instant): its client waits the farm's draws on a timer and answers 200
 (``bench.timed_sends``). Not the target, a diagnostic: everything but the sockets still
 runs, so their ratio is the part of the gap that is not the sockets'.
 
-Last, two sustained pairs (slow, instant, instant, slow) with three times the jobs, 15-40 s
+Then two sustained pairs (slow, instant, instant, slow) with three times the jobs, 15-40 s
 of load. Five seconds flatter slow targets: a hung request holds its partition's commit
 point for a whole timeout while records pile up behind it, pools keep growing to rarer
 peaks, and the garbage the open requests leave is collected later. Measured with 108,000
@@ -40,6 +40,15 @@ jobs before the collector's pacing was raised (``services/dispatcher/gcpace.py``
 65 % of the instant rate in two runs, against ~84 % with 36,000 jobs. Two pairs, in both
 orders: the single pair this section ran until 2026-12-07 (last, slow first) gave 65-69 %
 where seven alternated pairs outside it had a median of 87 %.
+
+Last, the same two sustained pairs without sockets. The five-second pairs without sockets
+ran alike (98-106 %), which put the whole gap on the sockets; sustained, without sockets,
+slow runs still spent 12-15 % more per delivery (eight pairs alternated outside the
+section on 2026-12-07: 83-96 %, no garbage collection in any window). After the runs,
+``bench.inflight_floor``: a bare asyncio loop's CPU per job with 200, 3,000 and 10,000
+jobs in flight, each holding ~4 KB while it waits (about what a delivery holds). Its
+extra cost at 3,000 is set beside the dispatcher's sustained gap without sockets, in µs:
+the part of that gap that re-touching a job's own state could explain.
 
 Deliveries/s is jobs delivered (SUCCESS rows) per second between the moments 5 % and
 95 % of the jobs were delivered, so joining the group and the last hangs' retries weigh
@@ -64,7 +73,7 @@ job is accounted for: a SUCCESS row, or still retrying; each hang at a target mu
 as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
 hang at the target is a timeout of the dispatcher's own making.
 
-Run alone: ``python -m bench targets`` (14 minutes).
+Run alone: ``python -m bench targets`` (18 minutes).
 """
 
 from __future__ import annotations
@@ -87,7 +96,7 @@ from typing import Any, NamedTuple
 import httpx
 from sqlalchemy import text
 
-from bench import client_floor
+from bench import client_floor, inflight_floor
 from bench.cpuwait import machine_times, run_queue_wait
 from bench.delivery import body
 from bench.ingest import cpu_seconds, cpu_times
@@ -197,8 +206,16 @@ SLOW_LONG = Shape(f"slow targets, {3 * JOBS:,} jobs", 10, MEDIAN_MS, 12_000, job
 # The default pair again, the dispatcher's client sending nothing (``bench.timed_sends``).
 INSTANT_TIMED = Shape("instant, no sockets", 10, sockets=False)
 SLOW_TIMED = Shape("slow, no sockets", 10, MEDIAN_MS, 12_000, sockets=False)
+# And sustained: in five-second runs the shapes ran alike without sockets (98-106 %),
+# sustained ones did not (83-96 %, 2026-12-07), so the short pair alone put the whole gap
+# on the sockets.
+INSTANT_TIMED_LONG = Shape(f"instant, no sockets, {3 * JOBS:,} jobs", 10, jobs=3 * JOBS,
+                           sockets=False)  # fmt: skip
+SLOW_TIMED_LONG = Shape(f"slow, no sockets, {3 * JOBS:,} jobs", 10, MEDIAN_MS, 12_000,
+                        jobs=3 * JOBS, sockets=False)  # fmt: skip
 RUNS = (INSTANT, SLOW, INSTANT_2S, SLOW_2S, VERY_SLOW)
 TIMED_RUNS = (INSTANT_TIMED, SLOW_TIMED, SLOW_TIMED, INSTANT_TIMED)
+TIMED_LONG_RUNS = (SLOW_TIMED_LONG, INSTANT_TIMED_LONG, INSTANT_TIMED_LONG, SLOW_TIMED_LONG)
 LONG_RUNS = (SLOW_LONG, INSTANT_LONG, INSTANT_LONG, SLOW_LONG)
 
 
@@ -721,7 +738,7 @@ def rows_for(runs: dict[Shape, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             rows += _run_rows(run, n)
     for instant, slow in (
         (INSTANT, SLOW), (INSTANT_2S, SLOW_2S), (INSTANT_TIMED, SLOW_TIMED),
-        (INSTANT_LONG, SLOW_LONG),
+        (INSTANT_LONG, SLOW_LONG), (INSTANT_TIMED_LONG, SLOW_TIMED_LONG),
     ):  # fmt: skip
         pairs = [
             (late["rate"] / fast["rate"] * 100, late["started"] < fast["started"])
@@ -732,7 +749,7 @@ def rows_for(runs: dict[Shape, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             target = f"target ≥ 90 % {'(met)' if ratio >= 90 else '(NOT met)'}; "
         elif instant is INSTANT_LONG:
             target = "sustained (three times the jobs); "
-        elif instant is INSTANT_TIMED:
+        elif not instant.sockets:
             target = (
                 "a diagnostic, not the target: the dispatcher's client sends nothing and "
                 "waits the farm's draws instead (bench.timed_sends), so this is the gap "
@@ -789,14 +806,50 @@ def run(stack: IsolatedStack) -> list[dict[str, Any]]:
     asyncio.run(ensure_topics(stack.settings(retry_schedule=SCHEDULE)))
     with tempfile.TemporaryDirectory(prefix="bench-targets-") as tmp:
         runs: dict[Shape, list[dict[str, Any]]] = {}
-        for shape in (*RUNS, *(SLOW, INSTANT) * (PAIRS - 1), *TIMED_RUNS, *LONG_RUNS):
+        for shape in (
+            *RUNS, *(SLOW, INSTANT) * (PAIRS - 1), *TIMED_RUNS, *LONG_RUNS, *TIMED_LONG_RUNS
+        ):  # fmt: skip
             runs.setdefault(shape, []).append(one_run(stack, Path(tmp), shape))
     floor = {
         (client, shape): client_floor.in_child(client, shape)
         for client in client_floor.CLIENTS
         for shape in client_floor.SHAPES
     }
-    return rows_for(runs) + floor_rows(floor)
+    held = {count: inflight_floor.in_child(count) for count in inflight_floor.COUNTS}
+    return rows_for(runs) + floor_rows(floor) + inflight_rows(held, runs)
+
+
+def inflight_rows(
+    held: dict[int, dict[str, Any]], runs: dict[Shape, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """A bare asyncio loop's CPU per job with more jobs in flight (``bench.inflight_floor``)
+    beside the dispatcher's sustained gap without sockets: how much of that gap re-touching
+    a job's own state can explain."""
+    least = held[inflight_floor.COUNTS[0]]
+    gap = {
+        name: statistics.median(_cpu_us(r)[0] for r in runs[shape])
+        for name, shape in (("slow", SLOW_TIMED_LONG), ("instant", INSTANT_TIMED_LONG))
+    }
+    rows = []
+    for count, result in held.items():
+        extra = result["cpu_us"] - least["cpu_us"]
+        note = (
+            f"{result['rate']:,.0f} jobs/s; {result['bytes_per_job'] / 1024:.1f} KB held per "
+            "waiting job (tracemalloc: a header dict, a ~300-byte body, a UUID, three "
+            "coroutines and a future); no I/O, broker, database or signing"
+        )
+        if result is not least:
+            note += (
+                f"; {extra:+.1f} µs per job against {least['open']:,} in flight, where the "
+                f"dispatcher's sustained runs without sockets spent "
+                f"{gap['slow'] - gap['instant']:+.0f} µs per delivery slow against instant "
+                f"({gap['slow']:.0f} against {gap['instant']:.0f})"
+            )
+        rows.append(
+            row(f"bare asyncio loop, CPU per job, {count:,} in flight",
+                round(result["cpu_us"], 1), "µs", note)
+        )  # fmt: skip
+    return rows
 
 
 def floor_rows(floor: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
