@@ -3,13 +3,14 @@ flight at once, with no socket and nothing of Hookstream.
 
 Against slow targets the dispatcher holds ~3,000 deliveries in flight where it holds
 ~200 against instant ones (Little's law: the same rate times ~180 ms instead of ~25).
-Sustained, its CPU per delivery is higher by 12-15 % even when its client sends nothing
-(``bench targets``' "no sockets" rows). Is that Hookstream's code, or what CPython pays
-whenever a job's state has gone cold by the time it is touched again? This loop answers
-the second half: jobs shaped like a delivery (an object with a header dict, a ~300-byte
-body and a UUID, a three-deep coroutine chain, a future per wait), ``OPEN`` of them in
-flight, each waiting for the next tick of one loop timer and then building a small row
-from its state. Nothing else runs: no broker, database, signing or sockets.
+Sustained, its CPU per delivery is higher by a fifth or more even when its client sends
+nothing (``bench targets``' sustained "no sockets" rows). Is that Hookstream's code, or
+what CPython pays whenever a job's state has gone cold by the time it is touched again?
+This loop answers the second half: jobs shaped like a delivery (an object with a header
+dict, a ~300-byte body and a UUID, a three-deep coroutine chain, a future per wait),
+``OPEN`` of them in flight, each waiting for the next tick of one loop timer and then
+building a small row from its state. Nothing else runs: no broker, database, signing or
+sockets.
 
 Every job waits until the next tick (1 ms), whatever ``OPEN`` is: a saturated loop holds
 ``OPEN`` jobs in flight either way (Little's law again), and the time a job's state sits
@@ -19,7 +20,7 @@ and a heap's deeper sift with more jobs would be a cost of this model, not of ho
 jobs. The garbage collector is set as the dispatcher sets it (``tune_gc``).
 
 One child process per count; each prints one JSON line with the CPU per job (the child's
-own user and system time over ``JOBS`` jobs after a warm-up of the same count) and the
+own user and system time over ``JOBS`` jobs, after a warm-up with as many in flight) and the
 bytes a job holds while it waits (``tracemalloc``, in a separate pass: tracing slows
 every allocation).
 

@@ -43,8 +43,8 @@ where seven alternated pairs outside it had a median of 87 %.
 
 Last, the same two sustained pairs without sockets. The five-second pairs without sockets
 ran alike (98-106 %), which put the whole gap on the sockets; sustained, without sockets,
-slow runs still spent 12-15 % more per delivery (eight pairs alternated outside the
-section on 2026-12-07: 83-96 %, no garbage collection in any window). After the runs,
+slow runs still delivered a sixth fewer per second (ten pairs alternated outside the
+section on 2026-12-07: 83-96 %, median 85 %; no garbage collection in any window). After the runs,
 ``bench.inflight_floor``: a bare asyncio loop's CPU per job with 200, 3,000 and 10,000
 jobs in flight, each holding ~4 KB while it waits (about what a delivery holds). Its
 extra cost at 3,000 is set beside the dispatcher's sustained gap without sockets, in µs:
@@ -207,8 +207,8 @@ SLOW_LONG = Shape(f"slow targets, {3 * JOBS:,} jobs", 10, MEDIAN_MS, 12_000, job
 INSTANT_TIMED = Shape("instant, no sockets", 10, sockets=False)
 SLOW_TIMED = Shape("slow, no sockets", 10, MEDIAN_MS, 12_000, sockets=False)
 # And sustained: in five-second runs the shapes ran alike without sockets (98-106 %),
-# sustained ones did not (83-96 %, 2026-12-07), so the short pair alone put the whole gap
-# on the sockets.
+# sustained ones did not (83-96 %, median 85 %, 2026-12-07), so the short pair alone put
+# the whole gap on the sockets.
 INSTANT_TIMED_LONG = Shape(f"instant, no sockets, {3 * JOBS:,} jobs", 10, jobs=3 * JOBS,
                            sockets=False)  # fmt: skip
 SLOW_TIMED_LONG = Shape(f"slow, no sockets, {3 * JOBS:,} jobs", 10, MEDIAN_MS, 12_000,
