@@ -73,7 +73,7 @@ job is accounted for: a SUCCESS row, or still retrying; each hang at a target mu
 as a FAILED_ATTEMPT row followed by another attempt, and a FAILED_ATTEMPT that was not a
 hang at the target is a timeout of the dispatcher's own making.
 
-Run alone: ``python -m bench targets`` (18 minutes).
+Run alone: ``python -m bench targets`` (13-18 minutes: 790 s on 2026-12-07 at 18:18).
 """
 
 from __future__ import annotations
