@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +38,7 @@ import uvloop
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from bench.child import json_child, own_cpu
 from services.dispatcher.__main__ import tune_gc
 from services.dispatcher.sender import make_client, post
 from shared.settings import Settings
@@ -53,11 +52,6 @@ SHAPES = ("instant", "wide", "slow")
 INSTANT_OPEN = 64
 SLOW_OPEN = 2000
 PAYLOAD = b'{"type": "order.created", "data": {"n": 1}}' * 7  # ~300 bytes, as the bench's
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 Send = Callable[[str, bytes], Awaitable[object]]
@@ -109,9 +103,9 @@ async def _drive(client: str, urls: list[str], open_requests: int) -> dict[str, 
             for n in numbers:
                 await send(urls[n % len(urls)], PAYLOAD)
 
-        cpu, started = _cpu(), time.perf_counter()
+        cpu, started = own_cpu(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(open_requests)))
-        cpu, took = _cpu() - cpu, time.perf_counter() - started
+        cpu, took = own_cpu() - cpu, time.perf_counter() - started
     return {"cpu_us": cpu / REQUESTS * 1e6, "rate": REQUESTS / took}
 
 
@@ -130,12 +124,7 @@ def measure(client: str, shape: str) -> dict[str, Any]:
 
 def in_child(client: str, shape: str) -> dict[str, Any]:
     """``measure`` in a fresh interpreter: nothing of the caller's heap or loop."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.client_floor", client, shape],
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return json_child("bench.client_floor", client, shape)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
+from bench.child import own_cpu
 from bench.ingest import WRK
 from services.dispatcher.attempts import attempt_row
 from shared import secretbox
@@ -116,14 +116,9 @@ async def _raw_loop(url: str, n: int, concurrency: int) -> float:
 
 def raw_loop(sink: SinkProcess, n: int) -> tuple[float, float]:
     """(requests/s, CPU µs per request in this process)."""
-    before = _own_cpu()
+    before = own_cpu()
     rate = uvloop.run(_raw_loop(sink.url("/raw"), n, CONCURRENCY))
-    return rate, (_own_cpu() - before) / n * 1e6
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return rate, (own_cpu() - before) / n * 1e6
 
 
 def _process_cpu(pid: int) -> float:
@@ -202,9 +197,9 @@ async def _simple_loop(stack: IsolatedStack, n: int) -> float:
 def simple_loop(stack: IsolatedStack, n: int) -> tuple[float, float]:
     """(records/s, CPU µs per record), over the jobs the stage bench left on the topic."""
     asyncio.run(_clear_attempts(stack))
-    before = _own_cpu()
+    before = own_cpu()
     rate = uvloop.run(_simple_loop(stack, n))
-    return rate, (_own_cpu() - before) / n * 1e6
+    return rate, (own_cpu() - before) / n * 1e6
 
 
 # --- 2. the delivery stage alone --------------------------------------------------------

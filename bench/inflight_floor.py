@@ -34,7 +34,6 @@ import gc
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -44,6 +43,7 @@ from typing import Any
 
 import uvloop
 
+from bench.child import json_child, own_cpu
 from services.dispatcher.__main__ import tune_gc
 
 JOBS = int(os.environ.get("BENCH_INFLIGHT_N", "200000"))
@@ -132,12 +132,9 @@ def measure(open_jobs: int) -> dict[str, Any]:
     tune_gc()
     uvloop.run(_run(open_jobs, open_jobs * 10))  # warm-up: the heap grown, code warm
     gc.collect()
-    started = os.times()
-    took = time.perf_counter()
+    cpu, took = own_cpu(), time.perf_counter()
     uvloop.run(_run(open_jobs, JOBS))
-    took = time.perf_counter() - took
-    ended = os.times()
-    cpu = (ended.user - started.user) + (ended.system - started.system)
+    cpu, took = own_cpu() - cpu, time.perf_counter() - took
     return {
         "open": open_jobs,
         "cpu_us": cpu / JOBS * 1e6,
@@ -148,12 +145,7 @@ def measure(open_jobs: int) -> dict[str, Any]:
 
 def in_child(open_jobs: int) -> dict[str, Any]:
     """``measure`` in a fresh interpreter: nothing of the caller's heap or loop."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.inflight_floor", str(open_jobs)],
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return json_child("bench.inflight_floor", str(open_jobs))
 
 
 if __name__ == "__main__":
