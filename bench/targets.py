@@ -826,13 +826,12 @@ def inflight_rows(
     beside the dispatcher's sustained gap without sockets: how much of that gap re-touching
     a job's own state can explain."""
     least = held[inflight_floor.COUNTS[0]]
-    gap = {
+    spent = {
         name: statistics.median(_cpu_us(r)[0] for r in runs[shape])
         for name, shape in (("slow", SLOW_TIMED_LONG), ("instant", INSTANT_TIMED_LONG))
     }
     rows = []
     for count, result in held.items():
-        extra = result["cpu_us"] - least["cpu_us"]
         note = (
             f"{result['rate']:,.0f} jobs/s; {result['bytes_per_job'] / 1024:.1f} KB held per "
             "waiting job (tracemalloc: a header dict, a ~300-byte body, a UUID, three "
@@ -840,10 +839,10 @@ def inflight_rows(
         )
         if result is not least:
             note += (
-                f"; {extra:+.1f} µs per job against {least['open']:,} in flight, where the "
-                f"dispatcher's sustained runs without sockets spent "
-                f"{gap['slow'] - gap['instant']:+.0f} µs per delivery slow against instant "
-                f"({gap['slow']:.0f} against {gap['instant']:.0f})"
+                f"; {result['cpu_us'] - least['cpu_us']:+.1f} µs per job against "
+                f"{least['open']:,} in flight, where the dispatcher's sustained runs without "
+                f"sockets spent {spent['slow'] - spent['instant']:+.0f} µs per delivery slow "
+                f"against instant ({spent['slow']:.0f} against {spent['instant']:.0f})"
             )
         rows.append(
             row(f"bare asyncio loop, CPU per job, {count:,} in flight",
