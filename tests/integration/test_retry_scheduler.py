@@ -27,7 +27,7 @@ from shared.kafka import make_consumer, make_producer
 from shared.records import DeliveryJob
 from shared.settings import Settings
 from shared.topics import Topics, ensure_topics
-from tests.support.stack import IsolatedStack
+from tests.support.stack import IsolatedStack, drop_topics
 
 # --- helpers (also used by test_retry_scheduler_process.py) -------------------------------
 
@@ -39,12 +39,7 @@ async def tier_settings(stack: IsolatedStack) -> AsyncIterator[Settings]:
     settings = stack.settings(topic_prefix=prefix)
     await ensure_topics(settings)
     yield settings
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(Topics.from_settings(settings).partition_counts(settings)))
-    finally:
-        await admin.close()
+    await drop_topics(settings.kafka_bootstrap, prefix)
 
 
 def make_job(due_at: float | None, *, attempt: int = 2) -> DeliveryJob:
