@@ -835,7 +835,8 @@ def inflight_rows(
     for count, result in held.items():
         note = (
             f"{result['rate']:,.0f} jobs/s; each job decodes a delivery record and signs its "
-            "request (DeliveryJob.decode, request_headers) for one of 1,000 subscriptions; "
+            "request (DeliveryJob.decode, request_headers) for one of "
+            f"{inflight_floor.SUBSCRIPTIONS:,} subscriptions; "
             f"{result['bytes_per_job'] / 1024:.1f} KB held per waiting job (tracemalloc: the "
             "job, its headers and request bytes, three coroutines and a future); no I/O, "
             "broker or database"
