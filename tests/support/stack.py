@@ -57,9 +57,9 @@ async def _create_database(database_url: str, name: str) -> None:
         await conn.close()
 
 
-async def drop_topics(bootstrap: str, prefix: str) -> list[str]:
+async def drop_topics(bootstrap: str, prefix: str) -> None:
     """Delete the topics under ``prefix``: its own (``<prefix>.events``…) and those of
-    prefixes derived from it (``<prefix>-rs…``, a test's own). Returns their names."""
+    prefixes derived from it (``<prefix>-rs…``, a test's own)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -70,7 +70,6 @@ async def drop_topics(bootstrap: str, prefix: str) -> list[str]:
         ]
         if ours:
             await admin.delete_topics(ours)
-        return ours
     finally:
         await admin.close()
 
