@@ -17,23 +17,36 @@ Until 2026-12-07 the jobs were toys of a delivery's shape (a header dict, a body
 UUID, no decoding or signing); their CPU per job rose by 1.6 µs from 200 to 3,000 in
 flight. With the dispatcher's own code on the jobs, four alternated runs of each count
 (100,000 jobs each) gave 24.7-29.1 µs per job at 200 in flight, 26.0-29.6 at 3,000 and
-27.0-29.9 at 10,000, each job holding ~3.6 KB while it waits: the jobs' state and the
-subscriptions' records going cold cost no more than the runs' own spread, about a
-microsecond.
+27.0-29.9 at 10,000, each job holding ~3.6 KB while it waits.
+
+Those jobs were answered in the order they waited, which is how instant targets answer
+but not slow ones: a log-normal delay (sigma 0.6) puts a request's answer anywhere among
+those of the requests sent within ~200 ms of it. In order, the loop touches the jobs'
+state in the order it was allocated, neighbours in memory one after another, which
+caches and prefetching serve well; in random order each job's state is a fresh miss.
+So each count also runs in random ``ORDERS``: the jobs due at a tick are answered
+shuffled. Three alternated runs of each (100,000 jobs, 2026-12-08): at 200 in
+flight, 26.3-27.0 µs per job in random order against 24.4-28.0 in order (-1.3 to +1.9);
+at 3,000, 32.4-34.6 against 25.8-26.9 (+6.0 to +8.1); at 10,000, 34.1-37.8 against
+25.5-28.3 (+7.9 to +10.8). A job's state gone cold costs 6-11 µs when it is touched
+again in random order, with no socket and nothing but the dispatcher's own per-job code
+on it.
 
 Every job waits until the next tick (1 ms), whatever ``OPEN`` is: a saturated loop holds
 ``OPEN`` jobs in flight either way (Little's law again), and the time a job's state sits
 untouched is the time the other ``OPEN - 1`` jobs take to run, as in the dispatcher.
-Waits are a FIFO, not a heap: every job waits alike, so their order is their deadlines',
-and a heap's deeper sift with more jobs would be a cost of this model, not of holding
-jobs. The garbage collector is set as the dispatcher sets it (``tune_gc``).
+Waits are not a heap: every job waits alike, so their order is their deadlines', and a
+heap's deeper sift with more jobs would be a cost of this model, not of holding jobs.
+Both orders shuffle the same number of items each tick (the ordered one shuffles a list
+of indices it does not use), so the shuffle's own cost is in both. The garbage collector
+is set as the dispatcher sets it (``tune_gc``).
 
-One child process per count; each prints one JSON line with the CPU per job (the child's
-own user and system time over ``JOBS`` jobs, after a warm-up with as many in flight) and the
-bytes a job holds while it waits (``tracemalloc``, in a separate pass: tracing slows
-every allocation).
+One child process per count and order; each prints one JSON line with the CPU per job
+(the child's own user and system time over ``JOBS`` jobs, after a warm-up with as many
+in flight) and the bytes a job holds while it waits (``tracemalloc``, in a separate
+pass: tracing slows every allocation).
 
-Run alone: ``python -m bench.inflight_floor 3000``.
+Run alone: ``python -m bench.inflight_floor 3000 random`` (or ``ordered``).
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ import gc
 import itertools
 import json
 import os
+import random
 import sys
 import time
 import tracemalloc
@@ -60,8 +74,10 @@ from shared.records import DeliveryJob
 from shared.signing import standard_webhooks_key
 
 JOBS = int(os.environ.get("BENCH_INFLIGHT_N", "200000"))
-# Instant targets, slow ones, and more.
+# Instant targets, slow ones, and more; each in both orders.
 COUNTS = (200, 3000, 10_000)
+# Answered in the order they waited (instant targets), or shuffled (slow ones).
+ORDERS = ("ordered", "random")
 TICK_S = 0.001
 SUBSCRIPTIONS = 1000
 
@@ -92,9 +108,13 @@ def subscriptions() -> list[Subscription]:
 
 
 class Ticks:
-    """Futures resolved at the next tick of one loop timer, oldest first."""
+    """Futures resolved at the next tick of one loop timer: oldest first, or shuffled."""
 
-    def __init__(self) -> None:
+    def __init__(self, order: str = "ordered") -> None:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+        self._shuffled = order == "random"
+        self._random = random.Random(13)
         self._due: deque[asyncio.Future[None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -107,8 +127,14 @@ class Ticks:
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         due = self._due
-        for _ in range(len(due)):  # those due now; ones added meanwhile wait a tick
-            due.popleft().set_result(None)
+        # Those due now; ones added meanwhile wait a tick.
+        now = [due.popleft() for _ in range(len(due))]
+        if self._shuffled:
+            self._random.shuffle(now)
+        else:
+            self._random.shuffle(list(range(len(now))))  # the same cost, order kept
+        for waiting in now:
+            waiting.set_result(None)
         self._timer = loop.call_later(TICK_S, self._tick, loop) if due else None
 
 
@@ -138,9 +164,9 @@ async def _deliver(
     assert row["n"] > 0
 
 
-async def _run(open_jobs: int, jobs: int, subs: list[Subscription]) -> None:
+async def _run(open_jobs: int, jobs: int, subs: list[Subscription], order: str) -> None:
     loop = asyncio.get_running_loop()
-    ticks = Ticks()
+    ticks = Ticks(order)
     numbers = iter(range(jobs))
 
     async def worker() -> None:
@@ -165,26 +191,28 @@ async def _held(open_jobs: int, subs: list[Subscription]) -> float:
     return held / open_jobs
 
 
-def measure(open_jobs: int) -> dict[str, Any]:
+def measure(open_jobs: int, order: str) -> dict[str, Any]:
     subs = subscriptions()
     tune_gc()
-    uvloop.run(_run(open_jobs, open_jobs * 10, subs))  # warm-up: the heap grown, code warm
+    # Warm-up: the heap grown, code warm.
+    uvloop.run(_run(open_jobs, open_jobs * 10, subs, order))
     gc.collect()
     cpu, took = own_cpu(), time.perf_counter()
-    uvloop.run(_run(open_jobs, JOBS, subs))
+    uvloop.run(_run(open_jobs, JOBS, subs, order))
     cpu, took = own_cpu() - cpu, time.perf_counter() - took
     return {
         "open": open_jobs,
+        "order": order,
         "cpu_us": cpu / JOBS * 1e6,
         "rate": JOBS / took,
         "bytes_per_job": uvloop.run(_held(min(open_jobs, 1000), subs)),
     }
 
 
-def in_child(open_jobs: int) -> dict[str, Any]:
+def in_child(open_jobs: int, order: str) -> dict[str, Any]:
     """``measure`` in a fresh interpreter: nothing of the caller's heap or loop."""
-    return json_child("bench.inflight_floor", str(open_jobs))
+    return json_child("bench.inflight_floor", str(open_jobs), order)
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(int(sys.argv[1]))))
+    print(json.dumps(measure(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "ordered")))
