@@ -28,9 +28,9 @@ So each count also runs in random ``ORDERS``: the jobs due at a tick are answere
 shuffled. Three alternated runs of each (100,000 jobs, 2026-12-08): at 200 in
 flight, 26.3-27.0 µs per job in random order against 24.4-28.0 in order (-1.3 to +1.9);
 at 3,000, 32.4-34.6 against 25.8-26.9 (+6.0 to +8.1); at 10,000, 34.1-37.8 against
-25.5-28.3 (+7.9 to +10.8). A job's state gone cold costs 6-11 µs when it is touched
-again in random order, with no socket and nothing but the dispatcher's own per-job code
-on it.
+25.5-28.3 (+7.9 to +10.8). With 3,000 jobs in flight or more, a job's state gone cold
+costs 6-11 µs when it is touched again in random order, with no socket and nothing but
+the dispatcher's own per-job code on it.
 
 Every job waits until the next tick (1 ms), whatever ``OPEN`` is: a saturated loop holds
 ``OPEN`` jobs in flight either way (Little's law again), and the time a job's state sits
