@@ -132,7 +132,7 @@ class Ticks:
         if self._shuffled:
             self._random.shuffle(now)
         else:
-            self._random.shuffle(list(range(len(now))))  # the same cost, order kept
+            self._random.shuffle(list(range(len(now))))  # about the same cost, order kept
         for waiting in now:
             waiting.set_result(None)
         self._timer = loop.call_later(TICK_S, self._tick, loop) if due else None
