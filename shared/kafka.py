@@ -1,11 +1,14 @@
-"""Kafka producer and consumer factories with the settings every service relies on."""
+"""Kafka producer, consumer and admin factories with the settings every service relies on."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import AIOKafkaConnection, CloseReason
 from aiokafka.errors import KafkaConnectionError
 
@@ -47,6 +50,18 @@ def _send_broken_is_a_connection_error() -> None:
 
 
 _send_broken_is_a_connection_error()
+
+
+@asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client, started, for one piece of work: closed after it (not when it
+    never started)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from shared.kafka import admin_client
 from shared.settings import Settings, format_duration
 
 
@@ -116,9 +117,7 @@ async def ensure_topics(settings: Settings) -> dict[str, str]:
     Returns ``{topic: "created" | "exists"}``.
     """
     topics = Topics.from_settings(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(settings.kafka_bootstrap) as admin:
         existing = set(await admin.list_topics())
         wanted = topics.partition_counts(settings)
         # The metadata lists the brokers that are up (registered and not fenced): create
@@ -145,8 +144,6 @@ async def ensure_topics(settings: Settings) -> dict[str, str]:
             result.update({t.name: "created" for t in missing})
         await _wait_for_leaders(admin, list(wanted))
         return result
-    finally:
-        await admin.close()
 
 
 def _raise_for_topic_errors(errors: list[dict[str, Any]]) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from shared.kafka import admin_client
 from shared.topics import Topics
 from tests.faults.harness import Load
 from tests.support.private_stack import PrivateNamespace
@@ -27,12 +27,8 @@ async def partitions(ns: PrivateNamespace) -> list[PartitionState]:
     """Leader, replicas and in-sync replicas of every partition of the namespace's topics."""
     settings = ns.settings()
     names = list(Topics.from_settings(settings).partition_counts(settings))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(settings.kafka_bootstrap) as admin:
         described = await asyncio.wait_for(admin.describe_topics(names), 10)
-    finally:
-        await admin.close()
     return [
         PartitionState(
             t["topic"], p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"])
@@ -63,17 +59,13 @@ async def replication_configs(ns: PrivateNamespace) -> dict[str, tuple[int, str]
     settings = ns.settings()
     names = list(Topics.from_settings(settings).partition_counts(settings))
     replicas = {p.topic: len(p.replicas) for p in await partitions(ns)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(settings.kafka_bootstrap) as admin:
         responses = await admin.describe_configs(
             [
                 ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None})
                 for name in names
             ]
         )
-    finally:
-        await admin.close()
     found = {}
     for response in responses:
         for resource in response.to_object()["resources"]:

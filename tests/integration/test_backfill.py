@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin import RecordsToDelete
 
+from shared.kafka import admin_client
 from shared.records import EventRecord, delivery_id_for
 from tests.support.broker import IngestServer
 from tests.support.dispatch import DispatchWorld
@@ -207,12 +208,8 @@ async def test_cancelling_stops_a_backfill_within_a_second(
 
 async def trim_partition(settings: Any, topic: str, partition: int, before: int) -> None:
     """What retention does to a partition: every record before ``before`` is gone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(settings.kafka_bootstrap) as admin:
         await admin.delete_records({TopicPartition(topic, partition): RecordsToDelete(before)})
-    finally:
-        await admin.close()
 
 
 async def test_a_window_the_log_no_longer_holds_is_refused_naming_the_earliest_time(

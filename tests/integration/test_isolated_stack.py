@@ -5,19 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
 
+from shared.kafka import admin_client
 from shared.topics import ensure_topics
 from tests.support.stack import IsolatedStack, admin_dsn
 
 
 async def _topics(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         return set(await admin.list_topics())
-    finally:
-        await admin.close()
 
 
 async def _databases(stack: IsolatedStack) -> set[str]:

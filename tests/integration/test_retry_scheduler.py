@@ -18,12 +18,11 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
 
 from services.retry_scheduler.scheduler import RetryScheduler, group_id, run
 from services.retry_scheduler.settings import SchedulerSettings
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import admin_client, make_consumer, make_producer
 from shared.records import DeliveryJob
 from shared.settings import Settings
 from shared.topics import Topics, ensure_topics
@@ -176,12 +175,8 @@ async def scheduler_task(
 
 
 async def committed(settings: Settings) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(settings.kafka_bootstrap) as admin:
         offsets = await admin.list_consumer_group_offsets(group_id(settings))
-    finally:
-        await admin.close()
     return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from shared.kafka import admin_client
 from tests.support.private_stack import link_main_kafka_libs, run_stack_sh
 from tests.support.procs import ServiceProcess, free_port
 from tests.support.stack import IsolatedStack
@@ -73,12 +73,8 @@ class TopicProbe:
         self._mark: dict[TopicPartition, int] = {}
 
     async def __aenter__(self) -> TopicProbe:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
-        await admin.start()
-        try:
+        async with admin_client(self._bootstrap) as admin:
             [described] = await admin.describe_topics([self.topic])
-        finally:
-            await admin.close()
         assert described.get("error_code", 0) == 0, f"topic {self.topic}: {described}"
         numbers = sorted(p["partition"] for p in described["partitions"])
         self._partitions = [TopicPartition(self.topic, p) for p in numbers]

@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import make_engine, make_sessionmaker
-from shared.kafka import make_producer
+from shared.kafka import admin_client, make_producer
 from shared.models import Subscription
 from shared.records import DeliveryJob, EventRecord, Headers
 from shared.redis import make_redis
@@ -248,12 +247,8 @@ class DispatchWorld:
             await consumer.stop()
 
     async def partitions(self, topic: str) -> list[TopicPartition]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
+        async with admin_client(self.settings.kafka_bootstrap) as admin:
             (described,) = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
         return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -277,10 +272,6 @@ class DispatchWorld:
                 await asyncio.sleep(0.1)
 
     async def committed(self) -> dict[TopicPartition, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
+        async with admin_client(self.settings.kafka_bootstrap) as admin:
             offsets = await admin.list_consumer_group_offsets(self.group)
-        finally:
-            await admin.close()
         return {tp: meta.offset for tp, meta in offsets.items()}

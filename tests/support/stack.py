@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from shared.kafka import admin_client
 from shared.secretbox import generate_key
 from shared.settings import Settings
 from shared.topics import ensure_topics
@@ -60,9 +60,7 @@ async def _create_database(database_url: str, name: str) -> None:
 async def drop_topics(bootstrap: str, prefix: str) -> None:
     """Delete the topics under ``prefix``: its own (``<prefix>.events``…) and those of
     prefixes derived from it (``<prefix>-rs…``, a test's own)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         ours = [
             name
             for name in await admin.list_topics()
@@ -70,8 +68,6 @@ async def drop_topics(bootstrap: str, prefix: str) -> None:
         ]
         if ours:
             await admin.delete_topics(ours)
-    finally:
-        await admin.close()
 
 
 async def _drop_database(database_url: str, name: str) -> None:
